@@ -1,0 +1,149 @@
+"""`Defender`: a VLM plus its processor, loaded through transformers' Auto classes, that answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+logger = logging.getLogger(__name__)
+
+
+def _check_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(f"Defender folder '{path}' does not exist")
+    if (path / "adapter_config.json").exists():
+        return
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"Defender folder '{path}' has no config.json; is it a model folder?"
+        )
+    if (
+        not any(p.suffix == ".safetensors" for p in path.iterdir())
+        and not (path / "model.safetensors.index.json").exists()
+    ):
+        raise FileNotFoundError(
+            f"Defender folder '{path}' has no .safetensors weights (only safetensors are loaded)"
+        )
+
+
+class Defender:
+    """A vision-language model that answers questions about images.
+
+    Works the same for the tiny default and for a real checkpoint such as Qwen2.5-VL-7B-Instruct.
+    """
+
+    def __init__(self, model: Any, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+        # Batched generation with a decoder-only LM needs left padding.
+        self.processor.tokenizer.padding_side = "left"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: str | torch.dtype | None = None,
+        device: str | None = None,
+        processor_args: dict[str, Any] | None = None,
+    ) -> Defender:
+        """Loads a full model folder, or a peft adapter folder on top of its base model."""
+        path = Path(path)
+        _check_folder(path)
+        if isinstance(dtype, str) and dtype != "auto":
+            dtype = getattr(torch, dtype)
+        kwargs: dict[str, Any] = {"use_safetensors": True}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        adapter = path / "adapter_config.json"
+        if adapter.exists():
+            from peft import PeftModel
+
+            base_path = Path(json.loads(adapter.read_text())["base_model_name_or_path"])
+            _check_folder(base_path)
+            model = AutoModelForImageTextToText.from_pretrained(base_path, **kwargs)
+            model = PeftModel.from_pretrained(model, path)
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        processor = AutoProcessor.from_pretrained(path, **(processor_args or {}))
+        if device:
+            model = model.to(device)
+        return cls(model.eval(), processor)
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        self.model.save_pretrained(path)
+        self.processor.save_pretrained(path)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def chat_text(self, prompt: str) -> str:
+        """The model's input text for one image and one user prompt (image first, as in training)."""
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+        ]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 16,
+        batch_size: int = 16,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> list[list[str]]:
+        """Answers each (image, prompt) pair `n` times; greedy when temperature is 0.
+
+        Returns one list of `n` decoded answers per prompt. Uses the KV cache and batches of
+        `batch_size` prompts (each expanded to `n` sequences when sampling).
+        """
+        if len(images) != len(prompts):
+            raise ValueError(f"generate: {len(images)} images but {len(prompts)} prompts")
+        if n < 1 or batch_size < 1 or max_new_tokens < 1:
+            raise ValueError("generate: n, batch_size and max_new_tokens must be positive")
+        sample = temperature > 0
+        if not sample and n > 1:
+            raise ValueError("generate: n > 1 needs temperature > 0 (greedy answers are identical)")
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.model.eval()
+        answers: list[list[str]] = []
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="answering", disable=not progress, unit="batch"):
+            batch_images = [im.convert("RGB") for im in images[start : start + batch_size]]
+            texts = [self.chat_text(p) for p in prompts[start : start + batch_size]]
+            inputs = self.processor(
+                images=batch_images, text=texts, padding=True, return_tensors="pt"
+            )
+            inputs = inputs.to(self.device)
+            gen_kwargs: dict[str, Any] = dict(
+                max_new_tokens=max_new_tokens, use_cache=True, num_return_sequences=n
+            )
+            if sample:
+                gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+            else:
+                gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            output = self.model.generate(**inputs, **gen_kwargs)
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+            answers.extend(decoded[i : i + n] for i in range(0, len(decoded), n))
+        return answers

@@ -1,0 +1,118 @@
+"""The Defender family: build, save, load and generate, offline, through the Auto classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from aot.defender import Defender, TinyDefenderConfig
+from aot.defender.build import _mrope_section
+
+
+def _images(n: int) -> list[Image.Image]:
+    colours = ["red", "blue", "green", "yellow"]
+    return [Image.new("RGB", (112, 112), colours[i % 4]) for i in range(n)]
+
+
+def test_saved_folder_is_a_plain_qwen2_5_vl_with_safetensors(tiny_defender_dir: Path) -> None:
+    files = {p.name for p in tiny_defender_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_defender_dir)
+    processor = AutoProcessor.from_pretrained(tiny_defender_dir)
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor"
+
+
+def test_processor_keeps_the_world_image_on_the_patch_grid(tiny_defender_dir: Path) -> None:
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    inputs = defender.processor(
+        images=_images(1), text=[defender.chat_text("hi")], return_tensors="pt"
+    )
+    # 112 px = 8 x 8 patches of 14 px; merged 2x2 -> 16 image tokens in the text.
+    assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]]
+    image_token = defender.model.config.image_token_id
+    assert int((inputs["input_ids"] == image_token).sum()) == 16
+
+
+def test_greedy_generation_is_batched_and_deterministic(tiny_defender_dir: Path) -> None:
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    prompts = ["What colour is the circle?", "How many stars are there?", "Is there a red star?"]
+    batched = defender.generate(_images(3), prompts, max_new_tokens=8, batch_size=3)
+    one_by_one = [
+        defender.generate(_images(3)[i : i + 1], prompts[i : i + 1], max_new_tokens=8)[0]
+        for i in range(3)
+    ]
+    assert [len(a) for a in batched] == [1, 1, 1]
+    assert batched == one_by_one  # left padding makes batching invisible
+
+
+def test_sampling_returns_n_answers_and_is_seeded(tiny_defender_dir: Path) -> None:
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    kwargs = dict(n=4, temperature=1.0, max_new_tokens=6, batch_size=2)
+    first = defender.generate(_images(3), ["q"] * 3, seed=7, **kwargs)
+    second = defender.generate(_images(3), ["q"] * 3, seed=7, **kwargs)
+    other = defender.generate(_images(3), ["q"] * 3, seed=8, **kwargs)
+    assert [len(a) for a in first] == [4, 4, 4]
+    assert first == second
+    assert first != other
+
+
+def test_generate_rejects_bad_arguments(tiny_defender_dir: Path) -> None:
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        defender.generate(_images(2), ["q"])
+    with pytest.raises(ValueError, match="temperature"):
+        defender.generate(_images(1), ["q"], n=2)
+
+
+def test_chat_template_marks_only_the_answer_as_assistant(tiny_defender_dir: Path) -> None:
+    processor = AutoProcessor.from_pretrained(tiny_defender_dir)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "\\boxed{B}"}]},
+    ]
+    out = processor.apply_chat_template(
+        messages,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        images=_images(1),
+    )
+    ids = torch.tensor(out["input_ids"]).flatten()
+    mask = torch.tensor(out["assistant_masks"]).flatten().bool()
+    assert processor.tokenizer.decode(ids[mask]) == "\\boxed{B}<|im_end|>"
+
+
+def test_loading_refuses_folders_without_safetensors(
+    tmp_path: Path, tiny_defender_dir: Path
+) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Defender.from_pretrained(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((tiny_defender_dir / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        Defender.from_pretrained(broken)
+
+
+def test_tiny_config_validates_every_key() -> None:
+    with pytest.raises(ValueError, match="unknown key"):
+        TinyDefenderConfig.from_dict({"hiden_size": 64})
+    with pytest.raises(ValueError, match="num_layers must be a positive integer"):
+        TinyDefenderConfig.from_dict({"num_layers": 0})
+    with pytest.raises(ValueError, match="divisible"):
+        TinyDefenderConfig.from_dict({"hidden_size": 130})
+    assert TinyDefenderConfig.from_dict({"hidden_size": 256}).hidden_size == 256
+
+
+@pytest.mark.parametrize("head_dim", [16, 32, 64, 128])
+def test_mrope_section_sums_to_half_the_head(head_dim: int) -> None:
+    section = _mrope_section(head_dim)
+    assert sum(section) == head_dim // 2
+    if head_dim == 128:
+        assert section == [16, 24, 24]  # Qwen2.5-VL's own split

@@ -1,0 +1,87 @@
+"""The project as users run it: the CLI, environments, config merging and the smoke run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from aot.pipeline_registry import PIPELINE_ORDER, register_pipelines
+
+KEDRO = str(Path(sys.executable).with_name("kedro"))
+
+
+def _kedro(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    return subprocess.run(
+        [KEDRO, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_registry_has_every_pipeline_and_a_default_that_runs_them_all() -> None:
+    pipelines = register_pipelines()
+    assert set(PIPELINE_ORDER) <= set(pipelines)
+    everything = set().union(*(pipelines[name].nodes for name in PIPELINE_ORDER))
+    assert set(pipelines["__default__"].nodes) == everything
+
+
+def test_kedro_registry_list_names_the_pipelines(project_copy: Path) -> None:
+    result = _kedro(project_copy, "registry", "list")
+    assert result.returncode == 0, result.stderr
+    for name in PIPELINE_ORDER:
+        assert name in result.stdout
+
+
+def test_environments_soft_merge_single_keys(project_copy: Path) -> None:
+    from kedro.config import OmegaConfigLoader
+
+    from aot.settings import CONFIG_LOADER_ARGS
+
+    def params(env: str) -> dict:
+        loader = OmegaConfigLoader(str(project_copy / "conf"), env=env, **CONFIG_LOADER_ARGS)
+        return loader["parameters"]
+
+    base, smoke, paper = params("base"), params("smoke"), params("paper")
+    assert smoke["defender"]["tiny"]["hidden_size"] < base["defender"]["tiny"]["hidden_size"]
+    # a key the smoke env does not mention survives the merge
+    assert smoke["defender"]["tiny"]["num_layers"] == base["defender"]["tiny"]["num_layers"]
+    assert smoke["world"]["image_size"] == base["world"]["image_size"]
+    assert (
+        paper["defender"]["source"] == "pretrained"
+        and paper["defender"]["tiny"] == base["defender"]["tiny"]
+    )
+
+
+def test_a_pipeline_run_before_its_inputs_exist_names_what_to_run(project_copy: Path) -> None:
+    result = _kedro(project_copy, "run", "--env", "smoke", "--pipelines", "evaluation")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "kedro run --pipelines bootstrap_dataset" in output
+    assert "kedro run --pipelines sft" in output
+    assert "Loading" not in output  # it stopped before any model work
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_declared_output(project_copy: Path) -> None:
+    result = _kedro(project_copy, "run", "--env", "smoke")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    root = project_copy / "data" / "smoke"
+    catalog = yaml.safe_load((project_copy / "conf" / "base" / "catalog.yml").read_text())
+    for name, entry in catalog.items():
+        path = Path(
+            (entry.get("filepath") or entry["path"]).replace("${globals:data_root}", str(root))
+        )
+        assert path.exists(), f"{name} was not written to {path}"
+    metrics = json.loads((root / "08_reporting" / "evaluation" / "clean_metrics.json").read_text())
+    assert set(metrics["accuracy"]) == {"spatial", "attribute", "count", "existence", "overall"}
+    records = pd.read_parquet(root / "01_raw" / "source" / "records.parquet")
+    assert metrics["n"]["overall"] == min(64, int((records["split"] == "test").sum()))
+    assert (
+        project_copy / "data" / "01_raw"
+    ).exists() is False  # smoke never writes the default paths
