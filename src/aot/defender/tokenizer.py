@@ -18,6 +18,8 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
+SYSTEM_PROMPT = "You are a helpful assistant."
+
 # Qwen's chat layout. The assistant turn sits in its own branch because `{% generation %}` cannot
 # straddle `{% if %}` blocks (stack.md G3); the markers let TRL compute assistant-only loss.
 CHAT_TEMPLATE = (

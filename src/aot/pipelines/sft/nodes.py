@@ -6,28 +6,41 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from aot.datasets import ModelFolder
 from aot.defender import Defender, TinyDefenderConfig, build_tiny_defender
+from aot.defender.tokenizer import SYSTEM_PROMPT
 from aot.rewards import build_prompt, target_completion
-from aot.world import WorldConfig, text_corpus
+from aot.world import QuestionConfig, WorldConfig, make_questions, sample_scene, text_corpus
 
 logger = logging.getLogger(__name__)
 
 SOURCES = ("tiny", "pretrained")
 
 
-def defender_corpus(world: dict[str, Any]) -> list[str]:
-    """Every text the Defender meets: questions, options, prompt templates and ideal answers."""
-    lines = text_corpus(WorldConfig.from_dict(world))
-    words = sorted({w.strip("?.,") for line in lines for w in line.split()})
-    options = words[:4]
-    corpus = list(lines)
-    for mode in ("letter", "word"):
-        corpus.append(build_prompt("question", options, mode=mode))
-        corpus.extend(target_completion("ABCD"[i], o, options, mode) for i, o in enumerate(options))
-    corpus.append(build_prompt("question", []))
-    corpus.extend(target_completion(a, a, [], "letter") for a in ("Yes", "No"))
-    return corpus
+def defender_corpus(world: dict[str, Any], n_scenes: int = 200, seed: int = 0) -> list[str]:
+    """Every text the Defender meets, as it meets it: rendered chats of real questions.
+
+    BPE merges follow frequency, so the corpus holds the prompt templates and chat markup as
+    often as they occur in training; that keeps sequences short (the template is most of them).
+    """
+    world_cfg = WorldConfig.from_dict(world)
+    question_cfg = QuestionConfig.for_world(world_cfg)
+    rng = np.random.default_rng(seed)
+    lines = list(text_corpus(world_cfg))
+    for i in range(n_scenes):
+        scene = sample_scene(rng, world_cfg, f"corpus_{i}")
+        for record in make_questions(scene, rng, question_cfg):
+            options = list(record["options"])
+            for mode in ("letter", "word"):
+                prompt = build_prompt(record["question"], options, mode=mode)
+                answer = target_completion(record["answer"], record["answer_text"], options, mode)
+                lines.append(
+                    f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{prompt}"
+                )
+                lines.append(f"<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n")
+    return lines
 
 
 def build_base_defender(
