@@ -35,12 +35,14 @@ CORPUS = [
 def tiny_defender_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny Qwen2.5-VL Defender folder, built once per test session."""
     from aot.defender import TinyDefenderConfig, build_tiny_defender
+    from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
 
     path = tmp_path_factory.mktemp("defender") / "tiny"
     config = TinyDefenderConfig(
         hidden_size=64, intermediate_size=128, vision_hidden_size=32, vocab_size=400
     )
-    build_tiny_defender(config, CORPUS * 3, seed=0).save_pretrained(path)
+    corpus = defender_corpus({"image_size": 112}, n_scenes=20)
+    build_tiny_defender(config, corpus, seed=0).save_pretrained(path)
     return path
 
 

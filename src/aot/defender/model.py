@@ -35,6 +35,15 @@ def _check_folder(path: Path) -> None:
         )
 
 
+def user_content(prompt: str, with_image: bool = True) -> list[dict[str, str]]:
+    """A user turn: the text first, then the image, as the paper's evaluation harness sends it.
+
+    The order also matters for a small model: image tokens placed after the question can attend
+    back to it, so each image token can tell whether it is what the question asks about.
+    """
+    return [{"type": "text", "text": prompt}] + ([{"type": "image"}] if with_image else [])
+
+
 class Defender:
     """A vision-language model that answers questions about images.
 
@@ -91,10 +100,8 @@ class Defender:
         return sum(p.numel() for p in self.model.parameters())
 
     def chat_text(self, prompt: str) -> str:
-        """The model's input text for one image and one user prompt (image first, as in training)."""
-        messages = [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
-        ]
+        """The model's input text for one image and one user prompt (layout of `user_content`)."""
+        messages = [{"role": "user", "content": user_content(prompt)}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     @torch.inference_mode()

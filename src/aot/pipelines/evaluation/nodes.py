@@ -8,8 +8,9 @@ from typing import Any
 import pandas as pd
 
 from aot.defender import Defender
+from aot.defender.examples import make_prompt
 from aot.metrics import accuracy_by_family
-from aot.rewards import build_prompt, correct_first_reward
+from aot.rewards import correct_first_reward
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +34,9 @@ def answer_records(
     limit = evaluation.get("max_records")
     if limit:
         subset = subset.head(int(limit))
+    style = evaluation.get("prompt_style", "protocol")
     prompts = [
-        build_prompt(q, list(o), mode=mode)
+        make_prompt(q, list(o), style, mode)
         for q, o in zip(subset["question"], subset["options"], strict=True)
     ]
     pictures = [_load_image(images, key) for key in subset["image"]]

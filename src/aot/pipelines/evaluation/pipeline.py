@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:  # noqa: ANN003
         [
             Node(
                 answer_records,
-                inputs=["base_defender", "source_records", "source_images", "params:evaluation"],
+                inputs=["sft_defender", "extended_records", "extended_images", "params:evaluation"],
                 outputs="clean_predictions",
                 name="answer_clean_records",
             ),

@@ -1,0 +1,70 @@
+"""Dense per-token supervision of the vision tower from the scene graph.
+
+The world knows exactly which colour and shape cover every 28x28 region that one merged
+Qwen2.5-VL image token sees. A small linear head on the merged tokens predicts them (multi-label),
+which gives the vision tower an exact, cheap learning signal that the answer tokens alone do not:
+the probe in exp-defender.md stayed at chance for 18k steps with answer-only loss. The head
+lives outside the model and is dropped after training, so the saved Defender stays a plain
+Qwen2.5-VL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from aot.world import COLORS, SHAPES, Scene
+
+TOKEN_PIXELS = 28  # 14-px patches merged 2x2
+DENSE_LABELS: tuple[str, ...] = tuple(f"colour:{c}" for c in COLORS) + tuple(
+    f"shape:{s}" for s in SHAPES
+)
+
+
+def dense_targets(scene: Scene, min_pixels: int = 24) -> np.ndarray:
+    """(tokens, labels) multi-hot: which colours and shapes cover >= `min_pixels` of each region."""
+    rows, cols = scene.height // TOKEN_PIXELS, scene.width // TOKEN_PIXELS
+    targets = np.zeros((rows * cols, len(DENSE_LABELS)), dtype=np.float32)
+    colour_index = {c: i for i, c in enumerate(COLORS)}
+    shape_index = {s: len(COLORS) + i for i, s in enumerate(SHAPES)}
+    for obj in scene.objects:
+        mask = scene.object_mask(obj.object_id)[: rows * TOKEN_PIXELS, : cols * TOKEN_PIXELS]
+        per_token = (
+            mask.reshape(rows, TOKEN_PIXELS, cols, TOKEN_PIXELS).sum(axis=(1, 3)).reshape(-1)
+        )
+        hit = per_token >= min_pixels
+        targets[hit, colour_index[obj.color]] = 1.0
+        targets[hit, shape_index[obj.shape]] = 1.0
+    return targets
+
+
+class DenseHead(nn.Module):
+    """Linear probe from merged image tokens to the dense labels (dropped after training)."""
+
+    def __init__(self, hidden_size: int, n_labels: int = len(DENSE_LABELS)) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, n_labels)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(tokens)
+
+
+class VisionTap:
+    """Captures the merged image tokens the vision tower hands to the LM, in image order."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.tokens: torch.Tensor | None = None
+        self._handle = model.model.visual.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: Sequence, output: object) -> None:
+        self.tokens = output.pooler_output
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def dense_loss(head: DenseHead, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.binary_cross_entropy_with_logits(head(tokens), targets)

@@ -1,0 +1,100 @@
+"""Training conversations for the Defender, built from record tables and images."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from aot.defender.dense import dense_targets
+from aot.defender.sft import SFTExample
+from aot.rewards import build_prompt, target_completion
+from aot.world import Edit, Scene, apply_edit
+
+PromptStyle = Literal["protocol", "short"]
+PROMPT_STYLES = ("protocol", "short")
+
+
+def short_prompt(question: str, options: Sequence[str]) -> str:
+    """The question and its options without the protocol's instructions (for pretraining only:
+    a third of the tokens, the same content)."""
+    return question + (f"\nOptions: {', '.join(options)}" if len(options) else "")
+
+
+def make_prompt(question: str, options: Sequence[str], style: PromptStyle, mode: str) -> str:
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
+    if style == "short":
+        return short_prompt(question, options)
+    return build_prompt(question, options, mode=mode)
+
+
+def load_image(images: Mapping[str, Any], key: str) -> Any:
+    if key not in images:
+        raise KeyError(f"image '{key}' is referenced by a record but missing from the image folder")
+    value = images[key]
+    return (value() if callable(value) else value).convert("RGB")
+
+
+def edited_graph(scene: Scene, row: Mapping[str, Any]) -> Scene | None:
+    """The scene graph of an implanted pair's edited image (None if it cannot be rebuilt)."""
+    try:
+        box = tuple(int(v) for v in row["distractor_box"])
+        edit = Edit("add", box, row["distractor_shape"], row["distractor_color"])
+        return apply_edit(scene, edit)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def world_examples(
+    records: pd.DataFrame,
+    images: Mapping[str, Any],
+    graphs: Mapping[str, Scene] | None = None,
+    *,
+    image_column: str = "image",
+    mode: str = "word",
+    style: PromptStyle = "protocol",
+    turns: int = 1,
+    repeats: int = 1,
+    seed: int = 0,
+) -> list[SFTExample]:
+    """Conversations of up to `turns` questions about one image, `repeats` draws per image.
+
+    Each draw prefers one question per family so every conversation mixes skills. `graphs` (by
+    image key) adds the dense grounding targets; without it (user data) the loss is text only.
+    """
+    if records.empty:
+        raise ValueError("world_examples: the record table is empty")
+    if turns < 1 or repeats < 1:
+        raise ValueError("world_examples: turns and repeats must be >= 1")
+    rng = np.random.default_rng(seed)
+    out: list[SFTExample] = []
+    for key, group in records.groupby(image_column, sort=True):
+        rows = group.to_dict("records")
+        image = load_image(images, key)
+        dense = dense_targets(graphs[key]) if graphs is not None and key in graphs else None
+        for _ in range(repeats):
+            by_family: dict[str, dict[str, Any]] = {}
+            for i in rng.permutation(len(rows)):
+                by_family.setdefault(rows[i]["family"], rows[i])
+            chosen = list(by_family.values())
+            rng.shuffle(chosen)
+            conversation = tuple(
+                (
+                    make_prompt(r["question"], list(r["options"]), style, mode),
+                    target_completion(r["answer"], r["answer_text"], list(r["options"]), mode),
+                )
+                for r in chosen[:turns]
+            )
+            out.append(SFTExample(image=image, turns=conversation, dense=dense))
+    return out
+
+
+def graphs_from_table(scene_table: pd.DataFrame) -> dict[str, Scene]:
+    return {
+        sid: Scene.from_dict(json.loads(g))
+        for sid, g in zip(scene_table["scene_id"], scene_table["graph"], strict=True)
+    }

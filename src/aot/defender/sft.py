@@ -1,0 +1,305 @@
+"""Supervised training of the Defender on world questions: TRL's SFTTrainer plus dense grounding.
+
+`SFTTrainer` does the work (assistant-only loss, VLM collation, LoRA through peft). What TRL
+lacks, and we add in a small subclass, is the dense grounding loss of `aot.defender.dense`: the
+merged image tokens, read out through the LM's own (tied) output embedding, must name the colours
+and shapes the scene graph puts under them. No new parameters are trained for it, so the saved
+Defender is a plain Qwen2.5-VL.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from datasets import Dataset
+from PIL import Image
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+from aot.defender.dense import DENSE_LABELS, VisionTap
+from aot.defender.model import Defender, user_content
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One training conversation about one image: (prompt, ideal reply) turns, dense targets.
+
+    Several turns per image give several answer tokens of signal for one pass over the image
+    and the shared prefix; the loss covers every assistant turn.
+    """
+
+    image: Image.Image
+    turns: tuple[tuple[str, str], ...]
+    dense: np.ndarray | None = None  # (image tokens, len(DENSE_LABELS)) or None for non-world data
+
+    def messages(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for k, (prompt, completion) in enumerate(self.turns):
+            out.append({"role": "user", "content": user_content(prompt, with_image=k == 0)})
+            out.append({"role": "assistant", "content": [{"type": "text", "text": completion}]})
+        return out
+
+
+@dataclass(frozen=True)
+class DefenderSFTConfig:
+    """Every knob of a Defender SFT run (Kedro parameters `sft.defender.*` and `pretrain.*`)."""
+
+    max_steps: int = 1000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    lr_scheduler_type: str = "cosine"
+    dense_weight: float = 1.0
+    lora: dict[str, Any] | None = None
+    freeze_vision: bool = False
+    time_budget_s: float | None = None
+    logging_steps: int = 50
+    threads: int | None = None
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to SFTConfig as is
+
+    @classmethod
+    def from_dict(
+        cls, params: dict[str, Any] | None, prefix: str = "sft.defender"
+    ) -> DefenderSFTConfig:
+        params = dict(params or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"{prefix}: unknown key(s) {unknown}; known: {sorted(known)}")
+        config = cls(**params)
+        for name in ("max_steps", "batch_size", "logging_steps"):
+            value = getattr(config, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{prefix}.{name} must be a positive integer, got {value!r}")
+        if config.learning_rate <= 0:
+            raise ValueError(f"{prefix}.learning_rate must be positive, got {config.learning_rate}")
+        if config.dense_weight < 0:
+            raise ValueError(f"{prefix}.dense_weight must be >= 0, got {config.dense_weight}")
+        return config
+
+
+def _word_token_ids(tokenizer: Any, word: str) -> list[int]:
+    """Single-token spellings of `word` (bare, as in `\\boxed{red}`, and with a leading space)."""
+    ids = []
+    for text in (word, " " + word):
+        encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(encoded) == 1:
+            ids.append(encoded[0])
+    return ids
+
+
+def dense_readout(tokenizer: Any) -> tuple[list[int], torch.Tensor]:
+    """Vocabulary columns that read out each dense label, and the label index of each column."""
+    columns: list[int] = []
+    label_of_column: list[int] = []
+    for k, label in enumerate(DENSE_LABELS):
+        for token_id in _word_token_ids(tokenizer, label.split(":", 1)[1]):
+            columns.append(token_id)
+            label_of_column.append(k)
+    if not columns:
+        raise ValueError(
+            "dense grounding: no colour or shape word is a single token of this tokenizer"
+        )
+    return columns, torch.tensor(label_of_column)
+
+
+class DenseCollator(DataCollatorForVisionLanguageModeling):
+    """TRL's VLM collator, plus the dense targets of each example stacked in image-token order."""
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        dense = [np.asarray(e.pop("dense"), dtype=np.float32) for e in examples]
+        for e in examples:
+            e.pop("has_dense", None)
+        batch = super().torch_call(examples)
+        width = len(DENSE_LABELS)
+        batch["dense_targets"] = torch.from_numpy(
+            np.concatenate([d.reshape(-1, width) for d in dense])
+        )
+        return batch
+
+
+class DenseSFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss adds `dense_weight` x the dense grounding loss (TRL has no such term)."""
+
+    def __init__(self, *args: Any, dense_weight: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dense_weight = dense_weight
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        self._tap = VisionTap(base)
+        self._lm_head = base.lm_head
+        self._columns, self._label_of_column = dense_readout(self.processing_class.tokenizer)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        targets = inputs.pop("dense_targets", None)
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
+        if targets is not None and self.dense_weight > 0 and self._tap.tokens is not None:
+            logits = self._lm_head(self._tap.tokens)[:, self._columns]
+            wanted = targets.to(logits.device)[:, self._label_of_column]
+            dense = torch.nn.functional.binary_cross_entropy_with_logits(logits, wanted)
+            loss = loss + self.dense_weight * dense
+            mode = "train" if model.training else "eval"
+            self._metrics[mode]["dense_loss"].append(float(dense.detach()))
+        return (loss, outputs) if return_outputs else loss
+
+
+class TimeBudget(TrainerCallback):
+    """Stops training once `seconds` of wall time have passed (logged), keeping what was learned."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+        if self.seconds and time.perf_counter() - self.start > self.seconds:
+            logger.warning(
+                "Time budget of %.0f s reached at step %d; stopping",
+                self.seconds,
+                state.global_step,
+            )
+            control.should_training_stop = True
+        return control
+
+
+def _dataset(examples: Sequence[SFTExample], n_tokens: int) -> Dataset:
+    empty = np.zeros((n_tokens, len(DENSE_LABELS)), dtype=np.float32)
+    rows = []
+    for e in examples:
+        rows.append(
+            {
+                "images": [e.image],
+                "messages": e.messages(),
+                "dense": (e.dense if e.dense is not None else empty).reshape(-1).tolist(),
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def _image_tokens(defender: Defender, image: Image.Image) -> int:
+    grid = defender.processor.image_processor(images=[image], return_tensors="pt")[
+        "image_grid_thw"
+    ][0]
+    return int(grid.prod()) // 4
+
+
+def train_defender_sft(
+    defender: Defender,
+    examples: Sequence[SFTExample],
+    config: DefenderSFTConfig,
+    output_dir: str | Path,
+    eval_examples: Sequence[SFTExample] | None = None,
+) -> tuple[Defender, pd.DataFrame]:
+    """Fine-tunes `defender` on `examples`; returns the trained Defender and the training log.
+
+    Full fine-tuning by default; `config.lora` (peft `LoraConfig` keyword arguments) trains an
+    adapter instead, merged into the weights before returning so the result loads like any model.
+    """
+    if not examples:
+        raise ValueError("train_defender_sft: no training examples")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    model = defender.model
+    if config.freeze_vision:
+        for p in model.model.visual.parameters():
+            p.requires_grad_(False)
+    n_tokens = _image_tokens(defender, examples[0].image)
+    train = _dataset(examples, n_tokens)
+    evaluation = _dataset(eval_examples, n_tokens) if eval_examples else None
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler_type,
+        logging_steps=config.logging_steps,
+        eval_strategy="steps" if evaluation is not None else "no",
+        eval_steps=max(config.logging_steps, config.max_steps // 4),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        seed=config.seed,
+        data_seed=config.seed,
+        assistant_only_loss=True,
+        remove_unused_columns=False,
+        max_length=None,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+        **config.extra,
+    )
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", **config.lora)
+    collator = DenseCollator(processor=defender.processor, assistant_only_loss=True)
+    trainer = DenseSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=defender.processor,
+        data_collator=collator,
+        peft_config=peft_config,
+        dense_weight=config.dense_weight,
+        callbacks=[TimeBudget(config.time_budget_s)],
+    )
+    start = time.perf_counter()
+    trainer.train()
+    logger.info(
+        "Defender SFT: %d steps in %.0f s", trainer.state.global_step, time.perf_counter() - start
+    )
+    trainer._tap.remove()
+    trained = trainer.model
+    if config.lora:
+        trained = trained.merge_and_unload()
+    for p in trained.parameters():
+        p.requires_grad_(True)
+    log = pd.DataFrame([r for r in trainer.state.log_history if "loss" in r or "eval_loss" in r])
+    return Defender(trained.eval(), defender.processor), log
+
+
+def config_dict(config: DefenderSFTConfig) -> dict[str, Any]:
+    return {k: v for k, v in asdict(config).items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+@torch.no_grad()
+def evaluate_loss(
+    defender: Defender, examples: Sequence[SFTExample], batch_size: int = 16
+) -> float:
+    """Mean assistant-token loss of `defender` on `examples` (the SFT objective, no dense term)."""
+    if not examples:
+        raise ValueError("evaluate_loss: no examples")
+    collator = DenseCollator(processor=defender.processor, assistant_only_loss=True)
+    n_tokens = _image_tokens(defender, examples[0].image)
+    rows = list(_dataset(examples, n_tokens))
+    model = defender.model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = collator([dict(r) for r in rows[start : start + batch_size]])
+        batch.pop("dense_targets")
+        batch = {k: v.to(defender.device) for k, v in batch.items()}
+        labels = batch["labels"]
+        n = int((labels[:, 1:] != -100).sum())
+        total += float(model(**batch).loss) * n
+        count += n
+    return total / max(count, 1)

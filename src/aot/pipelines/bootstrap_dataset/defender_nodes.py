@@ -1,0 +1,136 @@
+"""Nodes of bootstrap_dataset that make the base Defender the effectiveness filter asks.
+
+The paper's base Defender is a pretrained Qwen2.5-VL-7B that already knows the world. The tiny
+default starts from random weights (`build_initial_defender`) and is first taught the world here
+(`pretrain_defender`), on clean training scenes only, with dense grounding; DVC caches the result
+per parameter set.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from aot.datasets import ModelFolder
+from aot.defender import Defender, TinyDefenderConfig, build_tiny_defender
+from aot.defender.examples import graphs_from_table, world_examples
+from aot.defender.sft import DefenderSFTConfig, train_defender_sft
+from aot.defender.tokenizer import SYSTEM_PROMPT
+from aot.pipelines.evaluation.nodes import answer_records, summarize_clean
+from aot.rewards import build_prompt, target_completion
+from aot.world import QuestionConfig, WorldConfig, make_questions, sample_scene, text_corpus
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("tiny", "pretrained")
+
+
+def defender_corpus(world: dict[str, Any], n_scenes: int = 200, seed: int = 0) -> list[str]:
+    """Every text the Defender meets, as it meets it: rendered chats of real questions.
+
+    BPE merges follow frequency, so the corpus holds the prompt templates and chat markup as
+    often as they occur in training; that keeps sequences short (the template is most of them).
+    """
+    world_cfg = WorldConfig.from_dict(world)
+    question_cfg = QuestionConfig.for_world(world_cfg)
+    rng = np.random.default_rng(seed)
+    lines = list(text_corpus(world_cfg))
+    for i in range(n_scenes):
+        scene = sample_scene(rng, world_cfg, f"corpus_{i}")
+        for record in make_questions(scene, rng, question_cfg):
+            options = list(record["options"])
+            for mode in ("letter", "word"):
+                prompt = build_prompt(record["question"], options, mode=mode)
+                answer = target_completion(record["answer"], record["answer_text"], options, mode)
+                lines.append(
+                    f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n{prompt}"
+                )
+                lines.append(f"<|im_end|>\n<|im_start|>assistant\n{answer}<|im_end|>\n")
+    return lines
+
+
+def build_initial_defender(
+    defender: dict[str, Any], world: dict[str, Any], seed: int
+) -> Defender | ModelFolder:
+    """The Defender every later stage starts from.
+
+    `defender.source: tiny` builds a random-weight Qwen2.5-VL from `defender.tiny` with a tokenizer
+    trained on the world's text; `pretrained` points at a local checkpoint folder
+    (for example Qwen2.5-VL-7B-Instruct), checked here before any other work.
+    """
+    source = defender.get("source", "tiny")
+    if source not in SOURCES:
+        raise ValueError(f"defender.source must be one of {SOURCES}, got {source!r}")
+    if source == "pretrained":
+        path = defender.get("path")
+        if not path:
+            raise ValueError(
+                "defender.path must name a local checkpoint folder when defender.source is 'pretrained'"
+            )
+        folder = Path(path).expanduser()
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(
+                f"defender.path '{folder}' is not a model folder (no config.json)"
+            )
+        return ModelFolder(folder.resolve())
+    config = TinyDefenderConfig.from_dict(defender.get("tiny"))
+    model = build_tiny_defender(config, defender_corpus(world), seed=seed)
+    logger.info(
+        "Built tiny Qwen2.5-VL Defender: %s parameters (vision %s), vocabulary %d",
+        f"{model.num_parameters():,}",
+        f"{sum(p.numel() for p in model.model.model.visual.parameters()):,}",
+        len(model.processor.tokenizer),
+    )
+    return model
+
+
+def pretrain_defender(
+    defender: Defender | ModelFolder,
+    scenes: pd.DataFrame,
+    records: pd.DataFrame,
+    images: dict[str, Any],
+    pretrain: dict[str, Any],
+    seed: int,
+) -> tuple[Defender | ModelFolder, pd.DataFrame, dict[str, Any]]:
+    """Teaches a random-weight Defender the world; passes a real checkpoint through unchanged.
+
+    Returns the Defender, the training log and per-family accuracy on the validation split.
+    """
+    if not pretrain.get("enabled", True) or isinstance(defender, ModelFolder):
+        logger.info("Defender pretraining disabled; the base Defender is the initial one")
+        return defender, pd.DataFrame({"step": [], "loss": []}), {"pretrained": False}
+    config = DefenderSFTConfig.from_dict(pretrain.get("trainer"), prefix="pretrain.trainer")
+    data = pretrain.get("data", {})
+    train = records[records["split"] == "train"]
+    examples = world_examples(
+        train,
+        images,
+        graphs_from_table(scenes),
+        mode=pretrain.get("answer_mode", "word"),
+        style=data.get("prompt_style", "short"),
+        turns=int(data.get("turns", 3)),
+        repeats=int(data.get("repeats", 3)),
+        seed=seed,
+    )
+    logger.info(
+        "Pretraining the Defender on %d conversations about %d scenes",
+        len(examples),
+        train["image"].nunique(),
+    )
+    with tempfile.TemporaryDirectory(prefix="aot-pretrain-") as tmp:
+        trained, log = train_defender_sft(defender, examples, config, tmp)
+    evaluation = {
+        "split": "val",
+        "answer_mode": pretrain.get("answer_mode", "word"),
+        "max_records": pretrain.get("eval_records", 400),
+        "batch_size": 64,
+        "prompt_style": data.get("prompt_style", "short"),
+    }
+    metrics = summarize_clean(answer_records(trained, records, images, evaluation))
+    metrics["pretrained"] = True
+    return trained, log, metrics

@@ -1,0 +1,132 @@
+"""Defender SFT: the collator's masking, dense targets, and that a short run lowers the loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aot.defender import Defender
+from aot.defender.dense import DENSE_LABELS, dense_targets
+from aot.defender.examples import world_examples
+from aot.defender.sft import (
+    DefenderSFTConfig,
+    DenseCollator,
+    SFTExample,
+    dense_readout,
+    evaluate_loss,
+    train_defender_sft,
+)
+from aot.pipelines.bootstrap_dataset.nodes import generate_source_scenes
+from aot.world import Scene
+
+WORLD = {"image_size": 112, "min_objects": 2, "max_objects": 3, "backgrounds": {"plain": 1.0}}
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple:
+    import json
+
+    scenes, records, images = generate_source_scenes(WORLD, {"n_scenes": 24}, seed=1)
+    graphs = {
+        sid: Scene.from_dict(json.loads(g))
+        for sid, g in zip(scenes["scene_id"], scenes["graph"], strict=True)
+    }
+    return records, images, graphs
+
+
+def test_collator_masks_everything_but_the_answers(tiny_defender_dir: Path, world) -> None:  # noqa: ANN001
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    records, images, graphs = world
+    example = world_examples(records, images, graphs, turns=2, mode="word")[0]
+    batch = DenseCollator(processor=defender.processor, assistant_only_loss=True)(
+        [
+            {
+                "images": [example.image],
+                "messages": example.messages(),
+                "dense": example.dense.reshape(-1).tolist(),
+            }
+        ]
+    )
+    labels = batch["labels"][0]
+    kept = labels[labels != -100]
+    answers = [completion for _, completion in example.turns]
+    assert defender.processor.tokenizer.decode(kept) == "".join(a + "<|im_end|>" for a in answers)
+    assert batch["dense_targets"].shape == (16, len(DENSE_LABELS))
+    assert torch.equal(batch["dense_targets"], torch.from_numpy(example.dense))
+
+
+def test_dense_targets_mark_the_tokens_under_each_object(world) -> None:  # noqa: ANN001
+    _, _, graphs = world
+    scene = next(iter(graphs.values()))
+    targets = dense_targets(scene)
+    assert targets.shape == (16, len(DENSE_LABELS))
+    for obj in scene.objects:
+        x0, y0, x1, y1 = obj.box
+        cy, cx = ((y0 + y1) // 2) // 28, ((x0 + x1) // 2) // 28
+        row = targets[cy * 4 + cx]
+        assert row[DENSE_LABELS.index(f"colour:{obj.color}")] == 1.0
+        assert row[DENSE_LABELS.index(f"shape:{obj.shape}")] == 1.0
+    assert targets.sum() <= 2 * 16 * len(scene.objects)
+
+
+def test_every_dense_label_reads_out_through_the_vocabulary(tiny_defender_dir: Path) -> None:
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    columns, label_of_column = dense_readout(defender.processor.tokenizer)
+    assert len(columns) == len(label_of_column)
+    assert set(label_of_column.tolist()) == set(range(len(DENSE_LABELS)))
+
+
+def test_a_short_sft_lowers_validation_loss(tiny_defender_dir: Path, world, tmp_path: Path) -> None:  # noqa: ANN001
+    records, images, graphs = world
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    train = world_examples(records[records["split"] == "train"], images, graphs, mode="word")
+    val = world_examples(records[records["split"] != "train"], images, graphs, mode="word")
+    before = evaluate_loss(defender, val)
+    config = DefenderSFTConfig(
+        max_steps=30, batch_size=8, learning_rate=2e-3, warmup_steps=5, logging_steps=10
+    )
+    trained, log = train_defender_sft(defender, train, config, tmp_path)
+    after = evaluate_loss(trained, val)
+    assert after < 0.5 * before  # measured: about 5.8 -> 1.3 (the answer format is learned first)
+    assert {"loss", "dense_loss"} <= set(log.columns)
+    assert np.isfinite(log["loss"]).all()
+
+
+def test_lora_training_returns_a_plain_merged_model(
+    tiny_defender_dir: Path, world, tmp_path: Path
+) -> None:  # noqa: ANN001
+    records, images, graphs = world
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    n_params = defender.num_parameters()
+    examples = world_examples(records.head(16), images, graphs, mode="word")
+    config = DefenderSFTConfig(
+        max_steps=2,
+        batch_size=4,
+        logging_steps=1,
+        lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+    )
+    trained, _ = train_defender_sft(defender, examples, config, tmp_path)
+    assert type(trained.model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert trained.num_parameters() == n_params
+    trained.save_pretrained(tmp_path / "merged")
+    assert Defender.from_pretrained(tmp_path / "merged").num_parameters() == n_params
+
+
+def test_sft_config_names_bad_keys() -> None:
+    with pytest.raises(ValueError, match="unknown key"):
+        DefenderSFTConfig.from_dict({"max_stepz": 3})
+    with pytest.raises(ValueError, match="max_steps"):
+        DefenderSFTConfig.from_dict({"max_steps": 0})
+    with pytest.raises(ValueError, match="no training examples"):
+        train_defender_sft(None, [], DefenderSFTConfig(), "x")  # type: ignore[arg-type]
+
+
+def test_examples_need_records() -> None:
+    import pandas as pd
+
+    with pytest.raises(ValueError, match="empty"):
+        world_examples(pd.DataFrame(), {}, None)
+    assert SFTExample(image=None, turns=(("q", "a"),)).messages()[0]["content"][0]["text"] == "q"  # type: ignore[arg-type]
