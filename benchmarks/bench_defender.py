@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from aot.defender import Defender, TinyDefenderConfig, build_tiny_defender
+from aot.defender.model import user_content
 from aot.rewards import build_prompt, target_completion
 
 logger = logging.getLogger("bench_defender")
@@ -43,7 +44,7 @@ def bench(size: int, batch: int, repeats: int) -> dict[str, float]:
     proc = defender.processor
     messages = [
         [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]},
+            {"role": "user", "content": user_content(prompt)},
             {"role": "assistant", "content": [{"type": "text", "text": target_completion("B")}]},
         ]
     ] * batch

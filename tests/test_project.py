@@ -85,3 +85,41 @@ def test_smoke_run_writes_every_declared_output(project_copy: Path) -> None:
     assert (
         project_copy / "data" / "01_raw"
     ).exists() is False  # smoke never writes the default paths
+
+
+def _catalog_paths(project: Path) -> dict[str, str]:
+    catalog = yaml.safe_load((project / "conf" / "base" / "catalog.yml").read_text())
+    return {
+        name: (entry.get("filepath") or entry["path"]).replace("${globals:data_root}", "data")
+        for name, entry in catalog.items()
+    }
+
+
+def test_every_persisted_dataset_is_tracked_by_a_dvc_stage() -> None:
+    root = Path(__file__).resolve().parents[1]
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    tracked: list[str] = []
+    for stage in stages.values():
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key, []):
+                tracked.append(entry if isinstance(entry, str) else next(iter(entry)))
+    for name, path in _catalog_paths(root).items():
+        assert any(path == t or path.startswith(t.rstrip("/") + "/") for t in tracked), (
+            f"{name} ({path}) is in no DVC stage"
+        )
+
+
+def test_dvc_stages_run_the_registered_pipelines_in_order() -> None:
+    root = Path(__file__).resolve().parents[1]
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        pipeline = stage["cmd"].split("--pipelines ")[1].split()[0]
+        assert pipeline in PIPELINE_ORDER, f"stage {name} runs unknown pipeline {pipeline}"
+        assert "--env base" in stage["cmd"]
+    assert list(stages) == [
+        "source_data",
+        "base_defender",
+        "bootstrap_dataset",
+        "sft",
+        "evaluation",
+    ]
