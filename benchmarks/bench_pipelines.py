@@ -43,7 +43,9 @@ def run(env: str, pipeline: str) -> tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--env", default="base")
-    parser.add_argument("--pipelines", nargs="+", default=["bootstrap_dataset", "sft", "evaluation"])
+    parser.add_argument(
+        "--pipelines", nargs="+", default=["bootstrap_dataset", "sft", "evaluation"]
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows = []

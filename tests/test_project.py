@@ -50,7 +50,7 @@ def test_environments_soft_merge_single_keys(project_copy: Path) -> None:
     base, smoke, paper = params("base"), params("smoke"), params("paper")
     assert smoke["defender"]["tiny"]["hidden_size"] < base["defender"]["tiny"]["hidden_size"]
     # a key the smoke env does not mention survives the merge
-    assert smoke["defender"]["tiny"]["num_layers"] == base["defender"]["tiny"]["num_layers"]
+    assert smoke["defender"]["tiny"]["vision_depth"] == base["defender"]["tiny"]["vision_depth"]
     assert smoke["world"]["image_size"] == base["world"]["image_size"]
     assert (
         paper["defender"]["source"] == "pretrained"
@@ -80,8 +80,24 @@ def test_smoke_run_writes_every_declared_output(project_copy: Path) -> None:
         assert path.exists(), f"{name} was not written to {path}"
     metrics = json.loads((root / "08_reporting" / "evaluation" / "clean_metrics.json").read_text())
     assert set(metrics["accuracy"]) == {"spatial", "attribute", "count", "existence", "overall"}
-    records = pd.read_parquet(root / "01_raw" / "source" / "records.parquet")
-    assert metrics["n"]["overall"] == min(64, int((records["split"] == "test").sum()))
+    records = pd.read_parquet(root / "02_intermediate" / "extended" / "records.parquet")
+    assert metrics["n"]["overall"] == min(32, int((records["split"] == "test").sum()))
+    pairs = pd.read_parquet(root / "05_model_input" / "aot_sft" / "pairs.parquet")
+    assert {
+        "image",
+        "edited_image",
+        "distractor_box",
+        "distractor_prompt",
+        "edit_kind",
+        "effective",
+    } <= set(pairs.columns)
+    from aot.attacker import BoxEditPipeline
+    from aot.defender import Defender
+
+    assert Defender.from_pretrained(root / "06_models" / "defender_sft").num_parameters() > 0
+    assert isinstance(
+        BoxEditPipeline.from_pretrained(root / "06_models" / "attacker_cold"), BoxEditPipeline
+    )
     assert (
         project_copy / "data" / "01_raw"
     ).exists() is False  # smoke never writes the default paths

@@ -65,6 +65,10 @@ class atomic_folder:  # noqa: N801 - used like a function: `with atomic_folder(p
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _recover(self.path)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        # mkdtemp makes the folder private (0700); a model folder gets the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        self.tmp.chmod(0o777 & ~umask)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001

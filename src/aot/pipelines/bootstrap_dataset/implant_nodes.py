@@ -29,6 +29,10 @@ def propose_distractors(
 ) -> pd.DataFrame:
     """Distractor proposals (box + prompt) that never touch a target and never change an answer."""
     graphs = {s.scene_id: s for s in scenes_from_table(scenes)}
+    limit = implant.get("max_records")
+    if limit is not None and len(records) > int(limit):
+        # The filter answers every candidate K times: cap the work, keeping the split proportions.
+        records = records.sample(n=int(limit), random_state=seed).sort_index()
     candidates = propose_for_records(
         records,
         graphs,

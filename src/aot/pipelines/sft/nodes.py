@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from aot.attacker import (
     AttackerConfig,
@@ -23,7 +24,7 @@ from aot.attacker import (
 from aot.bootstrap import effectiveness
 from aot.defender import Defender
 from aot.defender.examples import edited_graph, graphs_from_table, load_image, world_examples
-from aot.defender.sft import DefenderSFTConfig, train_defender_sft
+from aot.defender.sft import DefenderSFTConfig, SFTExample, train_defender_sft
 from aot.pipelines.evaluation.nodes import answer_records, summarize_clean
 from aot.world import WorldConfig
 
@@ -36,7 +37,7 @@ def _pair_examples(
     scenes: pd.DataFrame,
     sft: dict[str, Any],
     seed: int,
-) -> list:
+) -> list[SFTExample]:
     """Conversations on the edited images of effective pairs: same question, same answer."""
     if pairs.empty:
         return []
@@ -184,7 +185,7 @@ def evaluate_cold_attacker(
     )
     if test.empty:
         return {"procedural": quality, "n_pairs": 0}
-    generator = __import__("torch").Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     clean = [load_image(clean_images, k) for k in test["image"]]
     boxes = [list(map(int, b)) for b in test["distractor_box"]]
     edits = pipe(

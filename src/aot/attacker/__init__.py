@@ -1,0 +1,72 @@
+"""The Attacker: a box-edit diffusion model that edits an image near, never on, a question's objects.
+
+A 7-channel class-conditioned ``UNet2DModel`` works on a crop around the edit box (design A of
+``shared/notes/exp-attacker-editor.md``); ``BoxEditPipeline`` wraps it as a diffusers pipeline.
+``cold_start`` trains it with flow matching on procedural and given edit pairs, ``quality``
+scores edits against the world's exact filler, and ``editing`` / ``sde`` hold the tensor-level
+functions the Flow-GRPO trainer builds on.
+"""
+
+from aot.attacker.cold_start import ColdStartConfig, draw_batch, train_cold_start
+from aot.attacker.config import AttackerConfig, build_unet
+from aot.attacker.crops import crop_window, model_to_uint8, pil_to_model, uint8_to_model
+from aot.attacker.editing import flow_matching_loss, paste_back, sample_crops, to_crops, velocity
+from aot.attacker.pairs import (
+    EditExample,
+    EditPairs,
+    iter_edit_examples,
+    make_edit_pairs,
+    pairs_from_records,
+)
+from aot.attacker.pipeline import BoxEditPipeline, build_box_edit_pipeline
+from aot.attacker.prompts import (
+    NULL_CLASS,
+    NUM_CLASS_EMBEDS,
+    REMOVE_CLASS,
+    REMOVE_PROMPT,
+    class_prompt,
+    class_to_edit,
+    object_class,
+    prompt_to_class,
+)
+from aot.attacker.quality import box_mse, colour_match, edit_quality, run_edits, shape_match
+from aot.attacker.sde import SampleTrace, flow_sde_step
+
+__all__ = [
+    "NULL_CLASS",
+    "NUM_CLASS_EMBEDS",
+    "REMOVE_CLASS",
+    "REMOVE_PROMPT",
+    "AttackerConfig",
+    "BoxEditPipeline",
+    "ColdStartConfig",
+    "EditExample",
+    "EditPairs",
+    "SampleTrace",
+    "box_mse",
+    "build_box_edit_pipeline",
+    "build_unet",
+    "class_prompt",
+    "class_to_edit",
+    "colour_match",
+    "crop_window",
+    "draw_batch",
+    "edit_quality",
+    "flow_matching_loss",
+    "flow_sde_step",
+    "iter_edit_examples",
+    "make_edit_pairs",
+    "model_to_uint8",
+    "object_class",
+    "pairs_from_records",
+    "paste_back",
+    "pil_to_model",
+    "prompt_to_class",
+    "run_edits",
+    "sample_crops",
+    "shape_match",
+    "to_crops",
+    "train_cold_start",
+    "uint8_to_model",
+    "velocity",
+]
