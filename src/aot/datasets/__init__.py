@@ -1,5 +1,6 @@
 """Kedro datasets that kedro-datasets does not have (see each class's docstring)."""
 
 from aot.datasets.model_folder import ModelFolder, ModelFolderDataset, atomic_folder
+from aot.datasets.tables import TableDataset
 
-__all__ = ["ModelFolder", "ModelFolderDataset", "atomic_folder"]
+__all__ = ["ModelFolder", "ModelFolderDataset", "TableDataset", "atomic_folder"]
