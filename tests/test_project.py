@@ -139,3 +139,35 @@ def test_dvc_stages_run_the_registered_pipelines_in_order() -> None:
         "sft",
         "evaluation",
     ]
+
+
+def test_paper_env_links_the_checkpoint_instead_of_copying(
+    project_copy: Path, tmp_path: Path
+) -> None:
+    """In `paper` the initial Defender is a reference to the local checkpoint, passed through."""
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    from aot.datasets import ModelFolder
+    from aot.pipelines.bootstrap_dataset.defender_nodes import (
+        build_initial_defender,
+        pretrain_defender,
+    )
+    from aot.settings import CONFIG_LOADER_ARGS
+
+    loader = OmegaConfigLoader(str(project_copy / "conf"), env="paper", **CONFIG_LOADER_ARGS)
+    checkpoint = tmp_path / "Qwen2.5-VL-7B-Instruct"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    params = loader["parameters"]
+    params["defender"]["path"] = str(checkpoint)
+    catalog_config = loader["catalog"]
+    monkeypatch.chdir(project_copy)
+    catalog = DataCatalog.from_config(catalog_config)
+    reference = build_initial_defender(params["defender"], params["world"], seed=0)
+    catalog.save("initial_defender", reference)
+    assert (project_copy / "data" / "06_models" / "defender_initial").is_symlink()
+    loaded = catalog.load("initial_defender")
+    assert isinstance(loaded, ModelFolder)
+    base, _, metrics = pretrain_defender(loaded, None, None, None, params["pretrain"], seed=0)  # type: ignore[arg-type]
+    assert base is loaded and metrics == {"pretrained": False}
