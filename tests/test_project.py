@@ -142,7 +142,7 @@ def test_dvc_stages_run_the_registered_pipelines_in_order() -> None:
 
 
 def test_paper_env_links_the_checkpoint_instead_of_copying(
-    project_copy: Path, tmp_path: Path
+    project_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In `paper` the initial Defender is a reference to the local checkpoint, passed through."""
     from kedro.config import OmegaConfigLoader
