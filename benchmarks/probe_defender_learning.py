@@ -1,0 +1,321 @@
+"""Fast probe of the tiny Defender's learning recipe: a plain PyTorch loop, not the pipeline path.
+
+Same model, tokenizer, prompts, dense grounding and answer protocol as the pipeline, but images
+are pre-processed once and the loop is bare, so recipes can be compared in minutes. It prints a
+loss line every 100 steps and greedy accuracy per family every `--eval_every` steps.
+Example: `.venv/bin/python benchmarks/probe_defender_learning.py --scenes 3000 --steps 2500
+--layers 4 --short 1 --batch 32 --lr 1e-3 --threads 2`.
+Note: `mm_token_type_ids` must be passed in training, or Qwen2.5-VL trains with 1D positions and
+generates with 3D mrope positions (an early version of this probe made that mistake).
+"""
+
+import argparse
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+
+from aot.defender import TinyDefenderConfig, build_tiny_defender
+from aot.defender.dense import DenseHead, VisionTap, dense_loss, dense_targets
+from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
+from aot.rewards import build_prompt, correct_first_reward, target_completion
+from aot.world import (
+    QuestionConfig,
+    WorldConfig,
+    category_frequencies,
+    make_questions,
+    sample_scene,
+)
+
+p = argparse.ArgumentParser()
+p.add_argument("--scenes", type=int, default=3000)
+p.add_argument("--steps", type=int, default=1500)
+p.add_argument("--batch", type=int, default=32)
+p.add_argument("--lr", type=float, default=1e-3)
+p.add_argument("--dense", type=float, default=1.0)
+p.add_argument("--layers", type=int, default=2)
+p.add_argument("--hidden", type=int, default=128)
+p.add_argument("--vdepth", type=int, default=2)
+p.add_argument("--vhidden", type=int, default=64)
+p.add_argument("--size", type=int, default=112)
+p.add_argument("--families", default="spatial,attribute,count,existence")
+p.add_argument("--mode", default="word")
+p.add_argument("--bg", default="plain:0.5,textured:0.3,photo:0.2")
+p.add_argument("--maxobj", type=int, default=5)
+p.add_argument("--threads", type=int, default=1)
+p.add_argument("--eval_every", type=int, default=500)
+p.add_argument("--tag", default="run")
+p.add_argument("--aligned", type=int, default=1)
+p.add_argument("--turns", type=int, default=1)
+p.add_argument("--textfirst", type=int, default=1)
+p.add_argument("--short", type=int, default=0)
+a = p.parse_args()
+torch.set_num_threads(a.threads)
+logging.basicConfig(level=logging.WARNING)
+fams = a.families.split(",")
+bg = {k: float(v) for k, v in (x.split(":") for x in a.bg.split(","))}
+world = dict(image_size=a.size, max_objects=a.maxobj, backgrounds=bg)
+wcfg = WorldConfig.from_dict(world)
+qcfg = QuestionConfig.for_world(wcfg, families=tuple(fams))
+rng = np.random.default_rng(0)
+t0 = time.time()
+scenes = [sample_scene(rng, wcfg, f"s{i}") for i in range(a.scenes + 300)]
+pop = category_frequencies(scenes)
+recs = []
+for s in scenes:
+    for r in make_questions(s, rng, qcfg, popular_categories=pop):
+        r["scene"] = s
+        recs.append(r)
+print("data", len(recs), time.time() - t0, flush=True)
+train = [r for r in recs if int(r["scene_id"][1:]) < a.scenes]
+test = [r for r in recs if int(r["scene_id"][1:]) >= a.scenes]
+cfg = TinyDefenderConfig(
+    hidden_size=a.hidden,
+    intermediate_size=2 * a.hidden,
+    num_layers=a.layers,
+    vision_hidden_size=a.vhidden,
+    vision_depth=a.vdepth,
+    vocab_size=1024,
+)
+d = build_tiny_defender(cfg, defender_corpus(world), seed=0)
+model, proc = d.model, d.processor
+tok = proc.tokenizer
+print("params", d.num_parameters(), flush=True)
+
+
+def make_prompt(r):
+    if a.short:
+        o = list(r["options"])
+        return r["question"] + ("\nOptions: " + ", ".join(o) if o else "")
+    return build_prompt(r["question"], list(r["options"]), mode=a.mode)
+
+
+def encode(r):
+    prompt = make_prompt(r)
+    ans = target_completion(r["answer"], r["answer_text"], list(r["options"]), a.mode)
+    uc = (
+        [{"type": "text", "text": prompt}, {"type": "image"}]
+        if a.textfirst
+        else [{"type": "image"}, {"type": "text", "text": prompt}]
+    )
+    msgs = [
+        {"role": "user", "content": uc},
+        {"role": "assistant", "content": [{"type": "text", "text": ans}]},
+    ]
+    return proc.apply_chat_template(msgs, tokenize=False)
+
+
+# images: process unique scenes once
+t0 = time.time()
+scene_ids = sorted({r["scene_id"] for r in train}, key=lambda x: int(x[1:]))
+by_id = {s.scene_id: s for s in scenes}
+imgs = [by_id[i].render() for i in scene_ids]
+pix = proc.image_processor(images=imgs, return_tensors="pt")
+npatch = int(pix["image_grid_thw"][0].prod())
+pv = pix["pixel_values"].view(len(imgs), npatch, -1)
+grid = pix["image_grid_thw"][0]
+sidx = {sid: k for k, sid in enumerate(scene_ids)}
+dense = torch.tensor(np.stack([dense_targets(by_id[i]) for i in scene_ids]))
+
+
+# text
+def encode_multi(rs):
+    msgs = []
+    for j, r in enumerate(rs):
+        content = [{"type": "text", "text": make_prompt(r)}] + (
+            [{"type": "image"}] if j == 0 else []
+        )
+        msgs.append({"role": "user", "content": content})
+        msgs.append(
+            {
+                "role": "assistant",
+                "content": [
+                    {
+                        "type": "text",
+                        "text": target_completion(
+                            r["answer"], r["answer_text"], list(r["options"]), a.mode
+                        ),
+                    }
+                ],
+            }
+        )
+    return proc.apply_chat_template(msgs, tokenize=False)
+
+
+if a.turns > 1:
+    grng = np.random.default_rng(1)
+    by_scene = {}
+    for r in train:
+        by_scene.setdefault(r["scene_id"], []).append(r)
+    groups = []
+    for sid, rs in by_scene.items():
+        for rep in range(3):
+            fam_pick = {}
+            for r in grng.permutation(len(rs)):
+                fam_pick.setdefault(rs[r]["family"], rs[r])
+            chosen = list(fam_pick.values())
+            grng.shuffle(chosen)
+            groups.append(chosen[: a.turns])
+    train = [g[0] for g in groups]
+    texts = [encode_multi(g) for g in groups]
+else:
+    texts = [encode(r) for r in train]
+enc = proc(text=texts, images=None) if False else None
+n_img_tok = npatch // 4
+ids_list, lab_list = [], []
+img_tok = model.config.image_token_id
+start_ids = tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+for t in texts:
+    t2 = t.replace("<|image_pad|>", "<|image_pad|>" * n_img_tok)
+    ids = tok(t2, add_special_tokens=False)["input_ids"]
+    # label = tokens after last "<|im_start|>assistant\n"
+    lab = [-100] * len(ids)
+    end_id = tok.convert_tokens_to_ids("<|im_end|>")
+    k = 0
+    while k < len(ids):
+        if ids[k : k + len(start_ids)] == start_ids:
+            k += len(start_ids)
+            while k < len(ids) and ids[k] != end_id:
+                lab[k] = ids[k]
+                k += 1
+            if k < len(ids):
+                lab[k] = ids[k]
+        k += 1
+    ids_list.append(ids)
+    lab_list.append(lab)
+print("prep", time.time() - t0, "len", np.mean([len(i) for i in ids_list]), flush=True)
+print(tok.decode([i for i in lab_list[0] if i != -100]))
+
+head = DenseHead(a.hidden)
+from aot.defender.dense import DENSE_LABELS
+
+
+def word_ids(w):
+    out = []
+    for v in (w, " " + w):
+        t = tok(v, add_special_tokens=False)["input_ids"]
+        if len(t) == 1:
+            out.append(t[0])
+    return out
+
+
+label_ids = [word_ids(l.split(":")[1]) for l in DENSE_LABELS]
+print("label ids", label_ids)
+# expand dense targets to columns over all ids
+cols = [i for ids in label_ids for i in ids]
+expand = torch.tensor([k for k, ids in enumerate(label_ids) for _ in ids])
+
+
+def aligned_loss(tokens, targets):
+    logits = model.lm_head(tokens)[:, cols]
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[:, expand])
+
+
+tap = VisionTap(model)
+params = list(model.parameters()) + list(head.parameters())
+opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
+warm = 100
+sched = torch.optim.lr_scheduler.LambdaLR(
+    opt,
+    lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps)),
+)
+g = torch.Generator().manual_seed(0)
+# balanced by family
+fam_idx = {f: [i for i, r in enumerate(train) if r["family"] == f] for f in fams}
+if a.turns > 1:
+    fam_idx = {f: list(range(len(train))) for f in fams}
+pad = tok.pad_token_id
+
+
+def batch(ix):
+    L = max(len(ids_list[i]) for i in ix)
+    ids = torch.full((len(ix), L), pad)
+    lab = torch.full((len(ix), L), -100)
+    am = torch.zeros((len(ix), L), dtype=torch.long)
+    for j, i in enumerate(ix):
+        n = len(ids_list[i])
+        ids[j, :n] = torch.tensor(ids_list[i])
+        lab[j, :n] = torch.tensor(lab_list[i])
+        am[j, :n] = 1
+    s = [sidx[train[i]["scene_id"]] for i in ix]
+    return (
+        ids,
+        lab,
+        am,
+        pv[s].reshape(-1, pv.shape[-1]),
+        grid.repeat(len(ix), 1),
+        dense[s].reshape(-1, dense.shape[-1]),
+    )
+
+
+def evaluate(n=400):
+    model.eval()
+    out = {}
+    for f in fams:
+        rs = [r for r in test if r["family"] == f][:n]
+        prompts = [make_prompt(r) for r in rs]
+        ans = d.generate(
+            [r["scene"].render() for r in rs], prompts, max_new_tokens=8, batch_size=64
+        )
+        print("  ", f, [(x[0], r["answer_text"]) for x, r in zip(ans[:4], rs[:4])], flush=True)
+        out[f] = float(
+            np.mean(
+                [
+                    correct_first_reward(
+                        x[0],
+                        r["answer"],
+                        list(r["options"]),
+                        mode=a.mode,
+                        answer_text=r["answer_text"],
+                    ).accuracy
+                    > 0
+                    for x, r in zip(ans, rs)
+                ]
+            )
+        )
+    model.train()
+    return out
+
+
+model.train()
+t0 = time.time()
+hist = []
+for step in range(1, a.steps + 1):
+    fsel = torch.randint(len(fams), (a.batch,), generator=g).tolist()
+    ix = [
+        fam_idx[fams[f]][torch.randint(len(fam_idx[fams[f]]), (1,), generator=g).item()]
+        for f in fsel
+    ]
+    ids, lab, am, pvb, gb, db = batch(ix)
+    mm = (ids == img_tok).long()
+    out = model(
+        input_ids=ids,
+        attention_mask=am,
+        pixel_values=pvb,
+        image_grid_thw=gb,
+        labels=lab,
+        mm_token_type_ids=mm,
+    )
+    dl = aligned_loss(tap.tokens, db) if a.aligned else dense_loss(head, tap.tokens, db)
+    loss = out.loss + a.dense * dl
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad()
+    hist.append((out.loss.item(), dl.item()))
+    if step % 100 == 0:
+        h = np.mean(hist[-100:], axis=0)
+        print(f"step {step} lm {h[0]:.3f} dense {h[1]:.3f} t {time.time() - t0:.0f}s", flush=True)
+    if step % a.eval_every == 0 or step == a.steps:
+        te = time.time()
+        ev = evaluate()
+        print(
+            "EVAL",
+            step,
+            {k: round(v, 3) for k, v in ev.items()},
+            f"({time.time() - te:.0f}s)",
+            flush=True,
+        )
