@@ -10,10 +10,9 @@ Defender is a plain Qwen2.5-VL.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -276,10 +275,6 @@ def train_defender_sft(
         p.requires_grad_(True)
     log = pd.DataFrame([r for r in trainer.state.log_history if "loss" in r or "eval_loss" in r])
     return Defender(trained.eval(), defender.processor), log
-
-
-def config_dict(config: DefenderSFTConfig) -> dict[str, Any]:
-    return {k: v for k, v in asdict(config).items() if not (isinstance(v, float) and math.isnan(v))}
 
 
 @torch.no_grad()
