@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from aot.defender import TinyDefenderConfig, build_tiny_defender
-from aot.defender.dense import DenseHead, VisionTap, dense_loss, dense_targets
+from aot.defender.dense import DENSE_LABELS, VisionTap, dense_targets
 from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
 from aot.rewards import build_prompt, correct_first_reward, target_completion
 from aot.world import (
@@ -188,8 +188,7 @@ for t in texts:
 print("prep", time.time() - t0, "len", np.mean([len(i) for i in ids_list]), flush=True)
 print(tok.decode([i for i in lab_list[0] if i != -100]))
 
-head = DenseHead(a.hidden)
-from aot.defender.dense import DENSE_LABELS
+head = torch.nn.Linear(a.hidden, len(DENSE_LABELS))  # --aligned 0: a separate linear probe
 
 
 def word_ids(w):
@@ -298,7 +297,11 @@ for step in range(1, a.steps + 1):
         labels=lab,
         mm_token_type_ids=mm,
     )
-    dl = aligned_loss(tap.tokens, db) if a.aligned else dense_loss(head, tap.tokens, db)
+    dl = (
+        aligned_loss(tap.tokens, db)
+        if a.aligned
+        else torch.nn.functional.binary_cross_entropy_with_logits(head(tap.tokens), db)
+    )
     loss = out.loss + a.dense * dl
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,11 +1,11 @@
 """Dense per-token supervision of the vision tower from the scene graph.
 
 The world knows exactly which colour and shape cover every 28x28 region that one merged
-Qwen2.5-VL image token sees. A small linear head on the merged tokens predicts them (multi-label),
-which gives the vision tower an exact, cheap learning signal that the answer tokens alone do not:
-the probe in exp-defender.md stayed at chance for 18k steps with answer-only loss. The head
-lives outside the model and is dropped after training, so the saved Defender stays a plain
-Qwen2.5-VL.
+Qwen2.5-VL image token sees. The merged tokens, read out through the LM's own tied output
+embedding, must name them (multi-label; see `aot.defender.sft.DenseSFTTrainer`). That gives the
+vision tower an exact, cheap learning signal the answer tokens alone do not (the probe in
+exp-defender.md stayed at chance for 18k steps with answer-only loss), and adds no parameter, so
+the saved Defender stays a plain Qwen2.5-VL.
 """
 
 from __future__ import annotations
@@ -41,17 +41,6 @@ def dense_targets(scene: Scene, min_pixels: int = 24) -> np.ndarray:
     return targets
 
 
-class DenseHead(nn.Module):
-    """Linear probe from merged image tokens to the dense labels (dropped after training)."""
-
-    def __init__(self, hidden_size: int, n_labels: int = len(DENSE_LABELS)) -> None:
-        super().__init__()
-        self.proj = nn.Linear(hidden_size, n_labels)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.proj(tokens)
-
-
 class VisionTap:
     """Captures the merged image tokens the vision tower hands to the LM, in image order."""
 
@@ -64,7 +53,3 @@ class VisionTap:
 
     def remove(self) -> None:
         self._handle.remove()
-
-
-def dense_loss(head: DenseHead, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return nn.functional.binary_cross_entropy_with_logits(head(tokens), targets)

@@ -8,18 +8,11 @@ from typing import Any
 import pandas as pd
 
 from aot.defender import Defender
-from aot.defender.examples import make_prompt
+from aot.defender.examples import load_image, make_prompt
 from aot.metrics import accuracy_by_family
 from aot.rewards import correct_first_reward
 
 logger = logging.getLogger(__name__)
-
-
-def _load_image(images: dict[str, Any], key: str) -> Any:
-    if key not in images:
-        raise KeyError(f"image '{key}' is referenced by a record but missing from the image folder")
-    value = images[key]
-    return value() if callable(value) else value
 
 
 def answer_records(
@@ -39,7 +32,7 @@ def answer_records(
         make_prompt(q, list(o), style, mode)
         for q, o in zip(subset["question"], subset["options"], strict=True)
     ]
-    pictures = [_load_image(images, key) for key in subset["image"]]
+    pictures = [load_image(images, key) for key in subset["image"]]
     answers = defender.generate(
         pictures,
         prompts,
