@@ -4,13 +4,29 @@ A 7-channel class-conditioned ``UNet2DModel`` works on a crop around the edit bo
 ``shared/notes/exp-attacker-editor.md``); ``BoxEditPipeline`` wraps it as a diffusers pipeline.
 ``cold_start`` trains it with flow matching on procedural and given edit pairs, ``quality``
 scores edits against the world's exact filler, and ``editing`` / ``sde`` hold the tensor-level
-functions the Flow-GRPO trainer builds on.
+functions the Flow-GRPO trainer builds on. ``flow_sampler`` (the ``FlowEditor`` interface and the
+log-prob sampler), ``planner`` (where / how / what to edit) and ``flow_grpo`` (the RL loop on the
+integrity x efficacy reward of ``aot.rewards.attack``) are the Flow-GRPO stage.
 """
 
 from aot.attacker.cold_start import ColdStartConfig, draw_batch, train_cold_start
 from aot.attacker.config import AttackerConfig, build_unet
 from aot.attacker.crops import crop_window, model_to_uint8, pil_to_model, uint8_to_model
 from aot.attacker.editing import flow_matching_loss, paste_back, sample_crops, to_crops, velocity
+from aot.attacker.flow_grpo import (
+    DefenderAttackReward,
+    FlowGRPOConfig,
+    FlowGRPOTrainer,
+    train_attacker_flow_grpo,
+)
+from aot.attacker.flow_sampler import (
+    CropConditioning,
+    FlowEditor,
+    QwenImageEditEditor,
+    UNetCropEditor,
+    sample_flow_sde,
+    step_log_prob,
+)
 from aot.attacker.pairs import (
     EditExample,
     EditPairs,
@@ -19,6 +35,7 @@ from aot.attacker.pairs import (
     pairs_from_records,
 )
 from aot.attacker.pipeline import BoxEditPipeline, build_box_edit_pipeline
+from aot.attacker.planner import EditPlan, EditPlanner, PlannerConfig, paper_instruction, plan_space
 from aot.attacker.prompts import (
     NULL_CLASS,
     NUM_CLASS_EMBEDS,
@@ -40,9 +57,19 @@ __all__ = [
     "AttackerConfig",
     "BoxEditPipeline",
     "ColdStartConfig",
+    "CropConditioning",
+    "DefenderAttackReward",
     "EditExample",
     "EditPairs",
+    "EditPlan",
+    "EditPlanner",
+    "FlowEditor",
+    "FlowGRPOConfig",
+    "FlowGRPOTrainer",
+    "PlannerConfig",
+    "QwenImageEditEditor",
     "SampleTrace",
+    "UNetCropEditor",
     "box_mse",
     "build_box_edit_pipeline",
     "build_unet",
@@ -59,13 +86,18 @@ __all__ = [
     "model_to_uint8",
     "object_class",
     "pairs_from_records",
+    "paper_instruction",
     "paste_back",
     "pil_to_model",
+    "plan_space",
     "prompt_to_class",
     "run_edits",
     "sample_crops",
+    "sample_flow_sde",
     "shape_match",
+    "step_log_prob",
     "to_crops",
+    "train_attacker_flow_grpo",
     "train_cold_start",
     "uint8_to_model",
     "velocity",

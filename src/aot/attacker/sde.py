@@ -26,6 +26,13 @@ class SampleTrace:
     states: list[torch.Tensor] = field(default_factory=list)
     next_states: list[torch.Tensor] = field(default_factory=list)
     log_probs: list[torch.Tensor] = field(default_factory=list)
+    # Filled by ``aot.attacker.flow_sampler.sample_flow_sde`` (empty for ``sample_crops``): the
+    # scheduler index of each recorded step, the policy's Gaussian mean and std there, and the
+    # reference model's mean (for the KL term) when a reference was given.
+    indices: list[int] = field(default_factory=list)
+    means: list[torch.Tensor] = field(default_factory=list)
+    stds: list[torch.Tensor] = field(default_factory=list)
+    ref_means: list[torch.Tensor] = field(default_factory=list)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -35,6 +42,37 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return x.mean(dim=tuple(range(1, x.ndim)))
     m = mask.expand_as(x)
     return (x * m).sum(dim=tuple(range(1, x.ndim))) / m.sum(dim=tuple(range(1, x.ndim)))
+
+
+def sde_mean_std(
+    sigmas: torch.Tensor, i: int, x: torch.Tensor, v: torch.Tensor, noise_level: float = 0.7
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the Flow-GRPO SDE transition ``sigmas[i] -> sigmas[i+1]``.
+
+    With ``noise_level=0`` the std is 0 and the mean is exactly the Euler step
+    ``x + (sigma_next - sigma) v`` of ``FlowMatchEulerDiscreteScheduler.step``.
+    """
+    sigma, dt = sigmas[i], sigmas[i + 1] - sigmas[i]
+    sig = torch.where(sigma == 1, sigmas[1], sigma)
+    std_t = (sig / (1 - sig)).sqrt() * noise_level
+    mean = x * (1 + std_t**2 / (2 * sig) * dt) + v * (1 + std_t**2 * (1 - sig) / (2 * sig)) * dt
+    return mean, std_t * (-dt).sqrt()
+
+
+def gaussian_log_prob(
+    sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sample mean (over ``mask`` pixels) of the elementwise Gaussian log-density."""
+    logp = -((sample.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
+    return masked_mean(logp, mask)
+
+
+def mean_kl(
+    mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """KL between two Gaussian steps sharing ``std``: ``(mu - mu_ref)^2 / (2 std^2)``, per sample
+    averaged over ``mask`` pixels (the Flow-GRPO KL to the reference policy)."""
+    return masked_mean((mean - ref_mean) ** 2 / (2 * std**2), mask)
 
 
 def flow_sde_step(
@@ -52,13 +90,8 @@ def flow_sde_step(
     Pass ``prev_sample`` to score a recorded transition instead of sampling a new one. Do not use
     it on the final step to sigma 0 (its std is ~1e-3 and the ratio becomes unstable).
     """
-    sigma, dt = sigmas[i], sigmas[i + 1] - sigmas[i]
-    sig = torch.where(sigma == 1, sigmas[1], sigma)
-    std_t = (sig / (1 - sig)).sqrt() * noise_level
-    mean = x * (1 + std_t**2 / (2 * sig) * dt) + v * (1 + std_t**2 * (1 - sig) / (2 * sig)) * dt
-    std = std_t * (-dt).sqrt()
+    mean, std = sde_mean_std(sigmas, i, x, v, noise_level)
     if prev_sample is None:
         noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         prev_sample = mean + std * noise
-    logp = -((prev_sample.detach() - mean) ** 2) / (2 * std**2) - torch.log(std) - _LOG_SQRT_2PI
-    return prev_sample, masked_mean(logp, mask)
+    return prev_sample, gaussian_log_prob(prev_sample, mean, std, mask)
