@@ -22,7 +22,16 @@ from tqdm.auto import tqdm
 
 from aot.bootstrap.categories import Forbidden, allowed_categories, forbidden_for_specs, make_prompt
 from aot.bootstrap.fillers import Filler
-from aot.world import SIZES, Box, Scene, SceneObject, WorldConfig, size_pixels, try_answer_spec
+from aot.world import (
+    SIZES,
+    Box,
+    Scene,
+    SceneObject,
+    WorldConfig,
+    place_box,
+    size_pixels,
+    try_answer_spec,
+)
 from aot.world.scene import boxes_separated
 
 logger = logging.getLogger(__name__)
@@ -114,16 +123,20 @@ def shift_scene(scene: Scene, offset: tuple[int, int], width: int, height: int) 
 
 
 def _margin_box(
-    rng: np.random.Generator, side: int, size: tuple[int, int], avoid: list[Box], gap: int
+    rng: np.random.Generator,
+    side: int,
+    size: tuple[int, int],
+    avoid: list[Box],
+    gap: int,
+    grid: int = 0,
 ) -> Box | None:
-    """A random square box inside the canvas, ``gap`` px clear of every box in ``avoid``."""
+    """A random square box inside the canvas (in one grid cell when ``grid``), ``gap`` px clear
+    of every box in ``avoid``."""
     width, height = size
     if side > min(width, height):
         return None
     for _ in range(_PLACEMENT_TRIES):
-        x0 = int(rng.integers(0, width - side + 1))
-        y0 = int(rng.integers(0, height - side + 1))
-        box = (x0, y0, x0 + side, y0 + side)
+        box = place_box(rng, side, width, height, grid)
         if all(boxes_separated(box, other, gap) for other in avoid):
             return box
     return None
@@ -161,7 +174,8 @@ def plan_clutter(
         first = world.sizes[int(rng.integers(len(world.sizes)))]
         box, size = None, first
         for size in _sizes_from(first, world.sizes):
-            box = _margin_box(rng, size_pixels(size, side_ref), canvas, taken, gap)
+            side = size_pixels(size, side_ref)
+            box = _margin_box(rng, side, canvas, taken, gap, world.grid)
             if box is not None:
                 break
         if box is None:
@@ -187,9 +201,11 @@ def extend_scene(
     inexact (diffusion) filler's own outpainting is the clutter, checked by the detector."""
     world = world or WorldConfig()
     width, height = canvas_size(image.width, image.height, ratio)
+    # On a grid world the offset is whole cells, so source objects stay inside their cells.
+    step = world.grid or 1
     offset = (
-        int(rng.integers(0, width - image.width + 1)),
-        int(rng.integers(0, height - image.height + 1)),
+        step * int(rng.integers(0, (width - image.width) // step + 1)),
+        step * int(rng.integers(0, (height - image.height) // step + 1)),
     )
     canvas = Image.new("RGB", (width, height))
     canvas.paste(image.convert("RGB"), offset)

@@ -25,7 +25,7 @@ from aot.bootstrap.fillers import Filler
 from aot.bootstrap.strategies import Choice, hard_choice, on_far_side, random_choice
 from aot.world import COLORS, SHAPES, SIZES, Box, Edit, Scene, apply_edit, edit_preserves_answer
 from aot.world.questions import UndefinedAnswer
-from aot.world.scene import boxes_separated
+from aot.world.scene import boxes_separated, place_box
 
 logger = logging.getLogger(__name__)
 
@@ -79,20 +79,13 @@ def _place(
     rng: np.random.Generator,
     size_range: tuple[int, int],
     gap: int,
+    grid: int = 0,
 ) -> Box | None:
-    """A free square box; near ``choice.near`` (and on the far side) for spatial lures."""
+    """A free square box (inside one grid cell when ``grid``); near ``choice.near`` (and on the
+    far side) for spatial lures."""
     for _ in range(_BOX_TRIES):
         side = int(rng.integers(size_range[0], size_range[1] + 1))
-        if choice.near is None:
-            x0 = int(rng.integers(0, max(1, scene.width - side + 1)))
-            y0 = int(rng.integers(0, max(1, scene.height - side + 1)))
-        else:
-            jitter = rng.uniform(-side, side, size=2)
-            x0 = int(round(choice.near[0] + jitter[0] - side / 2))
-            y0 = int(round(choice.near[1] + jitter[1] - side / 2))
-            x0 = min(max(x0, 0), scene.width - side)
-            y0 = min(max(y0, 0), scene.height - side)
-        box = (x0, y0, x0 + side, y0 + side)
+        box = place_box(rng, side, scene.width, scene.height, grid, near=choice.near)
         if not box_is_free(box, scene, targets, gap):
             continue
         if choice.away_from is not None and not on_far_side(box, *choice.away_from):
@@ -114,6 +107,7 @@ def propose_distractors(
     colors: Sequence[str] = tuple(COLORS),
     shapes: Sequence[str] = SHAPES,
     tries: int = 20,
+    grid: int = 0,
 ) -> list[Proposal]:
     """Up to ``n`` verified distractor proposals for one record (see the module docstring).
 
@@ -140,7 +134,7 @@ def propose_distractors(
             return out
         if choice is None or forbidden.blocks(choice.color, choice.shape):
             continue
-        box = _place(choice, scene, targets, rng, size_range, gap)
+        box = _place(choice, scene, targets, rng, size_range, gap, grid)
         if box is None or any(p.box == box for p in out):
             continue
         if not edit_preserves_answer(scene, Edit("add", box, choice.shape, choice.color), spec):
@@ -176,6 +170,7 @@ def propose_for_records(
     size_range: tuple[int, int] = (14, 30),
     margin: int = 4,
     hard_prob: float = 0.8,
+    grid: int = 0,
 ) -> pd.DataFrame:
     """Candidate pairs: every record column (split included) repeated per proposal, plus
     ``edited_image``, ``edit_kind``, ``distractor_box``, ``distractor_prompt``,
@@ -188,7 +183,9 @@ def propose_for_records(
         rng = np.random.default_rng([seed, i])
         scene = scenes[record["scene_id"]]
         for j, p in enumerate(
-            propose_distractors(scene, record, rng, n, size_range, margin, hard_prob=hard_prob)
+            propose_distractors(
+                scene, record, rng, n, size_range, margin, hard_prob=hard_prob, grid=grid
+            )
         ):
             pair_id = f"{record['record_id']}-d{j}"
             rows.append(

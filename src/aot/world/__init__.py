@@ -40,6 +40,8 @@ from aot.world.scene import (
     Scene,
     SceneObject,
     WorldConfig,
+    grid_side,
+    place_box,
     render_background,
     sample_scene,
     shape_mask,
@@ -55,6 +57,8 @@ from aot.world.schema import (
 )
 
 __all__ = [
+    "grid_side",
+    "place_box",
     "BACKGROUND_NAMES",
     "COLORS",
     "EDIT_KINDS",

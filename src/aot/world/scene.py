@@ -251,6 +251,9 @@ class WorldConfig:
     backgrounds: dict[str, float] = field(default_factory=_default_backgrounds)
     background_strength: float = 0.5
     min_gap: int = 2
+    # 0: objects anywhere. N > 0: each object sits inside one N x N cell of a grid (28 = one
+    # Qwen2.5-VL image token), so every token sees whole objects (see `place_box`).
+    grid: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -266,6 +269,12 @@ class WorldConfig:
         _check_int("min_objects", self.min_objects, 1)
         _check_int("max_objects", self.max_objects, self.min_objects)
         _check_int("min_gap", self.min_gap, 0)
+        _check_int("grid", self.grid, 0)
+        if self.grid and (self.image_size % self.grid or self.grid < 8):
+            raise ValueError(
+                f"WorldConfig.grid must be 0 or a divisor of image_size ({self.image_size}) "
+                f"of at least 8, got {self.grid}"
+            )
         _check_vocab("shapes", self.shapes, SHAPES)
         _check_vocab("colors", self.colors, tuple(COLORS))
         _check_vocab("sizes", self.sizes, tuple(SIZES))
@@ -341,12 +350,51 @@ def box_inside(box: Box, width: int, height: int) -> bool:
     return 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
 
 
+def grid_side(side: int, grid: int) -> int:
+    """Object side under a grid layout: at most the cell less a 1-px border on each side."""
+    return min(side, grid - 2) if grid else side
+
+
+def place_box(
+    rng: np.random.Generator,
+    side: int,
+    width: int,
+    height: int,
+    grid: int = 0,
+    near: tuple[float, float] | None = None,
+) -> Box:
+    """One random square box inside the image (not checked against other boxes).
+
+    With ``grid`` the box lies inside one cell: a tiny Qwen2.5-VL learns a shape in a few hundred
+    steps when the object sits inside one 28-px token, and barely at all when objects straddle
+    tokens (exp-defender.md). ``near`` centres the box, or its cell, on a point (jittered)."""
+    if not grid:
+        if near is None:
+            x0 = int(rng.integers(0, max(1, width - side + 1)))
+            y0 = int(rng.integers(0, max(1, height - side + 1)))
+        else:
+            jitter = rng.uniform(-side, side, size=2)
+            x0 = min(max(int(round(near[0] + jitter[0] - side / 2)), 0), width - side)
+            y0 = min(max(int(round(near[1] + jitter[1] - side / 2)), 0), height - side)
+        return x0, y0, x0 + side, y0 + side
+    side = grid_side(side, grid)
+    cols, rows = width // grid, height // grid
+    if near is None:
+        col, row = int(rng.integers(cols)), int(rng.integers(rows))
+    else:
+        jitter = rng.uniform(-grid, grid, size=2)
+        col = min(max(int((near[0] + jitter[0]) // grid), 0), cols - 1)
+        row = min(max(int((near[1] + jitter[1]) // grid), 0), rows - 1)
+    x0 = col * grid + int(rng.integers(1, grid - side))
+    y0 = row * grid + int(rng.integers(1, grid - side))
+    return x0, y0, x0 + side, y0 + side
+
+
 def _place(rng: np.random.Generator, side: int, cfg: WorldConfig, taken: list[Box]) -> Box | None:
     """Rejection-sample a free box; bounded tries so a crowded scene just gets fewer objects."""
     n = cfg.image_size
     for _ in range(_PLACEMENT_TRIES):
-        x0, y0 = (int(v) for v in rng.integers(0, n - side + 1, size=2))
-        box = (x0, y0, x0 + side, y0 + side)
+        box = place_box(rng, side, n, n, cfg.grid)
         if all(boxes_separated(box, t, cfg.min_gap) for t in taken):
             return box
     return None

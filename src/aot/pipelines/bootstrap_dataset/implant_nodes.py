@@ -25,7 +25,11 @@ logger = logging.getLogger(__name__)
 
 
 def propose_distractors(
-    scenes: pd.DataFrame, records: pd.DataFrame, implant: dict[str, Any], seed: int
+    scenes: pd.DataFrame,
+    records: pd.DataFrame,
+    implant: dict[str, Any],
+    world: dict[str, Any],
+    seed: int,
 ) -> pd.DataFrame:
     """Distractor proposals (box + prompt) that never touch a target and never change an answer."""
     graphs = {s.scene_id: s for s in scenes_from_table(scenes)}
@@ -41,6 +45,7 @@ def propose_distractors(
         size_range=tuple(implant.get("size_range", (14, 30))),
         margin=int(implant.get("margin", 4)),
         hard_prob=float(implant.get("hard_prob", 0.8)),
+        grid=int(world.get("grid", 0)),
     )
     if candidates.empty:
         raise ValueError("distractor implantation: no valid proposal for any record")

@@ -82,7 +82,13 @@ def create_pipeline(**kwargs) -> Pipeline:  # noqa: ANN003
         [
             Node(
                 propose_distractors,
-                inputs=["extended_scenes", "extended_records", "params:implant", "params:seed"],
+                inputs=[
+                    "extended_scenes",
+                    "extended_records",
+                    "params:implant",
+                    "params:world",
+                    "params:seed",
+                ],
                 outputs="distractor_candidates",
                 name="propose_distractors",
             ),
