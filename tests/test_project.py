@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from aot.pipeline_registry import PIPELINE_ORDER, register_pipelines
+from aot.pipelines.selfplay.schedule import load_rounds
 
 KEDRO = str(Path(sys.executable).with_name("kedro"))
 
@@ -72,11 +73,8 @@ def test_smoke_run_writes_every_declared_output(project_copy: Path) -> None:
     result = _kedro(project_copy, "run", "--env", "smoke")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     root = project_copy / "data" / "smoke"
-    catalog = yaml.safe_load((project_copy / "conf" / "base" / "catalog.yml").read_text())
-    for name, entry in catalog.items():
-        path = Path(
-            (entry.get("filepath") or entry["path"]).replace("${globals:data_root}", str(root))
-        )
+    for name, raw in _catalog_paths(project_copy, str(root)).items():
+        path = Path(raw)
         assert path.exists(), f"{name} was not written to {path}"
     metrics = json.loads((root / "08_reporting" / "evaluation" / "clean_metrics.json").read_text())
     assert set(metrics["accuracy"]) == {"spatial", "attribute", "count", "existence", "overall"}
@@ -103,17 +101,40 @@ def test_smoke_run_writes_every_declared_output(project_copy: Path) -> None:
     ).exists() is False  # smoke never writes the default paths
 
 
-def _catalog_paths(project: Path) -> dict[str, str]:
+def _catalog_paths(project: Path, data_root: str = "data") -> dict[str, str]:
+    """Every catalog path, with the self-play factories expanded for each scheduled round."""
     catalog = yaml.safe_load((project / "conf" / "base" / "catalog.yml").read_text())
-    return {
-        name: (entry.get("filepath") or entry["path"]).replace("${globals:data_root}", "data")
-        for name, entry in catalog.items()
-    }
+    rounds = load_rounds(project / "conf" / "base" / "selfplay_schedule.yml")
+    out = {}
+    for name, entry in catalog.items():
+        path = (entry.get("filepath") or entry["path"]).replace("${globals:data_root}", data_root)
+        for round_name in rounds if "{round}" in name else [None]:
+            key = name.replace("{round}", round_name) if round_name else name
+            out[key] = path.replace("{round}", round_name) if round_name else path
+    return out
+
+
+def _dvc_stages(root: Path) -> dict[str, dict]:
+    """dvc.yaml's stages with `foreach` expanded the way DVC does (`name@key`)."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    schedule = yaml.safe_load((root / "conf" / "base" / "selfplay_schedule.yml").read_text())
+    out: dict[str, dict] = {}
+    for name, stage in stages.items():
+        if "foreach" not in stage:
+            out[name] = stage
+            continue
+        assert stage["foreach"] == "${rounds}"
+        for key, item in schedule["rounds"].items():
+            text = yaml.safe_dump(stage["do"]).replace("${key}", key)
+            for field, value in item.items():
+                text = text.replace("${item.%s}" % field, value)
+            out[f"{name}@{key}"] = yaml.safe_load(text)
+    return out
 
 
 def test_every_persisted_dataset_is_tracked_by_a_dvc_stage() -> None:
     root = Path(__file__).resolve().parents[1]
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    stages = _dvc_stages(root)
     tracked: list[str] = []
     for stage in stages.values():
         for key in ("outs", "metrics", "plots"):
@@ -127,9 +148,11 @@ def test_every_persisted_dataset_is_tracked_by_a_dvc_stage() -> None:
 
 def test_dvc_stages_run_the_registered_pipelines_in_order() -> None:
     root = Path(__file__).resolve().parents[1]
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    stages = _dvc_stages(root)
     for name, stage in stages.items():
         pipeline = stage["cmd"].split("--pipelines ")[1].split()[0]
+        if "@" in name:
+            assert f"--namespaces selfplay.{name.split('@')[1]}" in stage["cmd"]
         assert pipeline in PIPELINE_ORDER, f"stage {name} runs unknown pipeline {pipeline}"
         assert "--env base" in stage["cmd"]
     assert list(stages) == [
@@ -137,8 +160,34 @@ def test_dvc_stages_run_the_registered_pipelines_in_order() -> None:
         "base_defender",
         "bootstrap_dataset",
         "sft",
+        "selfplay@round_1",
+        "selfplay@round_2",
+        "selfplay@round_3",
+        "selfplay_summary",
         "evaluation",
     ]
+
+
+def test_schedule_rounds_chain_the_previous_rounds_models() -> None:
+    """The schedule (read by both Kedro and DVC) starts round k from round k-1's outputs."""
+    root = Path(__file__).resolve().parents[1]
+    schedule = yaml.safe_load((root / "conf" / "base" / "selfplay_schedule.yml").read_text())
+    paths = _catalog_paths(root)
+    previous = {"attacker": paths["cold_attacker"], "defender": paths["sft_defender"]}
+    rounds = load_rounds(root / "conf" / "base" / "selfplay_schedule.yml")
+    assert list(schedule["rounds"]) == rounds
+    for name in rounds:
+        assert schedule["rounds"][name] == previous, name
+        previous = {
+            "attacker": paths[f"selfplay.{name}.attacker"],
+            "defender": paths[f"selfplay.{name}.defender"],
+        }
+    pipeline = register_pipelines()["selfplay"]
+    namespaces = {n.namespace for n in pipeline.nodes if n.namespace}
+    assert namespaces == {f"selfplay.{name}" for name in rounds}
+    for k, name in enumerate(rounds[1:], start=1):
+        inputs = {i for n in pipeline.nodes if n.namespace == f"selfplay.{name}" for i in n.inputs}
+        assert {f"selfplay.{rounds[k - 1]}.attacker", f"selfplay.{rounds[k - 1]}.defender"} <= inputs
 
 
 def test_paper_env_links_the_checkpoint_instead_of_copying(

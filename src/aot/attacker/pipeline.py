@@ -10,7 +10,9 @@ cannot resolve a class that lives outside diffusers.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,8 @@ from aot.attacker.config import AttackerConfig, build_unet
 from aot.attacker.crops import paste_back, to_crops
 from aot.attacker.editing import sample_crops
 from aot.attacker.prompts import prompt_to_class
+
+PLANNER_FOLDER = "planner"
 
 _OUTPUT_TYPES = ("pil", "pt")
 
@@ -70,6 +74,25 @@ class BoxEditPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(crop_size=crop_size, crop_scale=crop_scale)
+
+    # The Flow-GRPO edit planner (aot.attacker.planner), when one was trained; diffusers has
+    # no module type for it, so it is saved as a plain `planner/` folder next to the unet.
+    planner = None
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        super().save_pretrained(save_directory, **kwargs)
+        if self.planner is not None:
+            self.planner.save(Path(save_directory) / PLANNER_FOLDER)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):  # noqa: ANN206
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        folder = Path(pretrained_model_name_or_path) / PLANNER_FOLDER
+        if folder.is_dir():
+            from aot.attacker.planner import EditPlanner
+
+            pipe.planner = EditPlanner.load(folder)
+        return pipe
 
     @staticmethod
     def prompt_to_class(prompt: str) -> int:

@@ -66,9 +66,9 @@ def create_pipeline(**kwargs) -> Pipeline:  # noqa: ANN003
                 pretrain_defender,
                 inputs=[
                     "initial_defender",
-                    "extended_scenes",
-                    "extended_records",
-                    "extended_images",
+                    "source_scenes",
+                    "source_records",
+                    "source_images",
                     "params:pretrain",
                     "params:seed",
                 ],
