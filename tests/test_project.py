@@ -220,3 +220,21 @@ def test_paper_env_links_the_checkpoint_instead_of_copying(
     assert isinstance(loaded, ModelFolder)
     base, _, metrics = pretrain_defender(loaded, None, None, None, params["pretrain"], seed=0)  # type: ignore[arg-type]
     assert base is loaded and metrics == {"pretrained": False}
+
+
+def test_one_round_before_the_previous_one_names_the_round_to_run(project_copy: Path) -> None:
+    result = _kedro(
+        project_copy,
+        "run",
+        "--env",
+        "smoke",
+        "--pipelines",
+        "selfplay",
+        "--namespaces",
+        "selfplay.round_2",
+    )
+    assert result.returncode != 0
+    output = " ".join((result.stdout + result.stderr).split())
+    assert "--namespaces selfplay.round_1" in output
+    assert "dvc repro selfplay@round_1" in output
+    assert "Loading" not in output

@@ -52,6 +52,20 @@ def _producers(dataset: str) -> list[str]:
     return found
 
 
+def _hint(dataset: str) -> str:
+    """What to run to make ``dataset``: a self-play round by namespace, else a pipeline."""
+    parts = dataset.split(".")
+    if len(parts) == 3 and parts[0] == "selfplay" and parts[1].startswith("round_"):
+        return (
+            f"run `kedro run --pipelines selfplay --namespaces selfplay.{parts[1]}` "
+            f"(or `dvc repro selfplay@{parts[1]}`) first"
+        )
+    producers = _producers(dataset)
+    if not producers:
+        return "no registered pipeline produces it; check the catalog path"
+    return f"run `kedro run --pipelines {producers[0]}` (or `dvc repro {producers[0]}`) first"
+
+
 class MissingInputsHook:
     """Stops a run at once when a persisted input does not exist yet, naming what to run first.
 
@@ -71,12 +85,7 @@ class MissingInputsHook:
             if type(dataset).__name__ == "MemoryDataset":
                 continue
             if not catalog.exists(name):
-                producers = _producers(name)
-                hint = (
-                    f"run `kedro run --pipelines {producers[0]}` (or `dvc repro {producers[0]}`) first"
-                    if producers
-                    else "no registered pipeline produces it; check the catalog path"
-                )
+                hint = _hint(name)
                 missing.append(f"  - '{name}' ({_describe_path(dataset)}): {hint}")
         if missing:
             requested = (
