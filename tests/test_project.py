@@ -238,3 +238,18 @@ def test_one_round_before_the_previous_one_names_the_round_to_run(project_copy: 
     assert "--namespaces selfplay.round_1" in output
     assert "dvc repro selfplay@round_1" in output
     assert "Loading" not in output
+
+
+@pytest.mark.slow
+def test_kedro_viz_shows_rounds_as_groups_and_layers(project_copy: Path) -> None:
+    result = _kedro(project_copy, "viz", "build")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    main = json.loads((project_copy / "build" / "api" / "main").read_text())
+    groups = set(main["modular_pipelines"])
+    rounds = load_rounds(project_copy / "conf" / "base" / "selfplay_schedule.yml")
+    assert {f"selfplay.{name}" for name in rounds} <= groups
+    layers = main["layers"]  # empty when the layers' order has a cycle
+    assert layers.index("raw") < layers.index("base_models") < layers.index("model_input")
+    assert layers.index("models") < layers.index("selfplay") < layers.index("reporting")
+    names = {n["name"] for n in main["nodes"]}
+    assert "selfplay.round_2.train_defender" in names or any("train_defender" in n for n in names)
