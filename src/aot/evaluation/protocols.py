@@ -1,0 +1,210 @@
+"""Answering protocols: a single greedy answer, or the paper's strict multi-trial protocol.
+
+``answer_table`` asks a Defender (anything with ``aot.defender.Defender.generate``'s signature)
+every row of a record table and scores the replies.
+
+* ``protocol="greedy"``: one greedy answer per row (temperature 0).
+* ``protocol="strict"`` (§6.1 of the method notes): up to ``trials`` queries per row; a row is
+  correct only if *every* trial is correct, and querying a row stops at its first wrong trial
+  (so later trials only re-ask the rows still alive). With ``temperature > 0`` the trials are
+  samples and differ; with ``temperature == 0`` they are repeated greedy answers (identical for
+  a deterministic model, so the protocol then equals greedy at ``trials`` times the cost; the
+  paper used it at temperature 0 as a nondeterminism penalty of its vLLM server).
+
+Scoring uses the training protocol (``aot.rewards.correct_first_reward`` in ``mode`` word or
+letter) unless an ``extractor`` (a callable, or a name in ``aot.evaluation.extraction``) is
+given: then ``extracted = extractor(response)`` and ``correct = extracted == answer``.
+
+Prompts: a ``prompt`` column, when present, is used verbatim (the benchmark loaders write the
+benchmark's own layout there); otherwise ``aot.rewards.build_prompt(question, options, mode)``,
+i.e. ``aot.defender.examples.make_prompt`` with the "protocol" style.
+
+Reproducibility: sampling seeds are derived from ``(seed, trial, chunk)``, so the same table,
+Defender and seed give the same answers. Images are loaded per chunk of ``batch_size`` rows, so
+large benchmark images are never all in memory at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from aot.evaluation.extraction import Extractor, get_extractor
+from aot.rewards import build_prompt, correct_first_reward
+
+Protocol = Literal["greedy", "strict"]
+PROTOCOLS: tuple[str, ...] = ("greedy", "strict")
+OUTPUT_COLUMNS: tuple[str, ...] = ("responses", "response", "extracted", "correct", "trials")
+
+
+def load_picture(images: Mapping[str, Any], key: str) -> Any:
+    """The RGB image stored (or lazily loadable by calling the value) under ``key``.
+
+    Same contract as ``aot.defender.examples.load_image``, without importing the Defender
+    package (and torch) just to evaluate.
+    """
+    if key not in images:
+        raise KeyError(f"image {key!r} is referenced by a record but missing from the images")
+    value = images[key]
+    return (value() if callable(value) else value).convert("RGB")
+
+
+def table_prompts(table: pd.DataFrame, mode: str) -> list[str]:
+    """The ``prompt`` column verbatim when present, else the protocol prompt of each row."""
+    if "prompt" in table.columns:
+        return [str(p) for p in table["prompt"]]
+    return [
+        build_prompt(q, list(o), mode=mode)  # type: ignore[arg-type]
+        for q, o in zip(table["question"], table["options"], strict=True)
+    ]
+
+
+def resolve_extractor(extractor: Extractor | str | None) -> Extractor | None:
+    """A callable extractor from a name, a callable or None (None: the training protocol)."""
+    return get_extractor(extractor) if isinstance(extractor, str) else extractor
+
+
+def score_rows(
+    rows: pd.DataFrame, responses: Sequence[str], mode: str, extractor: Extractor | None
+) -> tuple[list[str | None], list[bool]]:
+    """(extracted answers, correctness) of ``responses`` to ``rows`` (same order)."""
+    if extractor is not None:
+        extracted = [extractor(r) for r in responses]
+        truths = [str(a).strip() for a in rows["answer"]]
+        return extracted, [e is not None and e == t for e, t in zip(extracted, truths, strict=True)]
+    texts = rows["answer_text"] if "answer_text" in rows.columns else [None] * len(rows)
+    scores = [
+        correct_first_reward(r, a, list(o), mode=mode, answer_text=t)  # type: ignore[arg-type]
+        for r, a, o, t in zip(responses, rows["answer"], rows["options"], texts, strict=True)
+    ]
+    return [s.extracted for s in scores], [s.accuracy > 0 for s in scores]
+
+
+def chunk_seed(seed: int, trial: int, chunk: int) -> int:
+    """A 31-bit sampling seed derived from (seed, trial, chunk): distinct per call, stable."""
+    return int(np.random.SeedSequence([seed, trial, chunk]).generate_state(1)[0] >> 1)
+
+
+def ask(
+    defender: Any,
+    keys: Sequence[str],
+    prompts: Sequence[str],
+    images: Mapping[str, Any],
+    *,
+    temperature: float,
+    batch_size: int,
+    max_new_tokens: int,
+    seed: int,
+    trial: int,
+) -> list[str]:
+    """One answer per (image key, prompt), asked in chunks of ``batch_size`` rows."""
+    answers: list[str] = []
+    for chunk, start in enumerate(range(0, len(prompts), batch_size)):
+        chunk_keys = keys[start : start + batch_size]
+        pictures = [load_picture(images, k) for k in chunk_keys]
+        out = defender.generate(
+            pictures,
+            list(prompts[start : start + batch_size]),
+            n=1,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            seed=chunk_seed(seed, trial, chunk),
+            progress=False,
+        )
+        if len(out) != len(chunk_keys) or any(len(a) < 1 for a in out):
+            raise ValueError(
+                f"answer_table: the defender returned {len(out)} answer lists for "
+                f"{len(chunk_keys)} prompts (or an empty list)"
+            )
+        answers.extend(a[0] for a in out)
+    return answers
+
+
+def check_arguments(table: pd.DataFrame, image_column: str, protocol: str, trials: int) -> None:
+    """Reject unknown protocols, bad trial counts and tables missing needed columns."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"answer_table: protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if trials < 1:
+        raise ValueError(f"answer_table: trials must be >= 1, got {trials}")
+    needed = [image_column, "answer"]
+    if "prompt" not in table.columns:
+        needed += ["question", "options"]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ValueError(f"answer_table: the table lacks column(s) {missing}")
+
+
+def answer_table(
+    defender: Any,
+    table: pd.DataFrame,
+    images: Mapping[str, Any],
+    *,
+    image_column: str = "image",
+    mode: str = "word",
+    protocol: Protocol = "greedy",
+    trials: int = 3,
+    temperature: float = 1.0,
+    batch_size: int = 32,
+    max_new_tokens: int = 12,
+    seed: int = 0,
+    extractor: Extractor | str | None = None,
+) -> pd.DataFrame:
+    """The table (index reset) plus the protocol's answers and scores.
+
+    Added columns: ``responses`` (the list of replies actually asked for, 1 to ``trials``),
+    ``response`` (the decisive reply: the first wrong one, else the last), ``extracted``
+    (its extracted answer), ``correct`` (all trials right) and ``trials`` (how many were run).
+    ``temperature`` and ``trials`` are ignored by the greedy protocol.
+    """
+    check_arguments(table, image_column, protocol, trials)
+    rows = table.reset_index(drop=True)
+    if protocol == "greedy":
+        trials, temperature = 1, 0.0
+    scorer = resolve_extractor(extractor)
+    prompts = table_prompts(rows, mode)
+    keys = [str(k) for k in rows[image_column]]
+    responses: list[list[str]] = [[] for _ in range(len(rows))]
+    extracted: list[str | None] = [None] * len(rows)
+    correct = np.ones(len(rows), dtype=bool)
+    alive = np.arange(len(rows))
+    for trial in range(trials):
+        if alive.size == 0:
+            break
+        answers = ask(
+            defender,
+            [keys[i] for i in alive],
+            [prompts[i] for i in alive],
+            images,
+            temperature=temperature,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            trial=trial,
+        )
+        found, ok = score_rows(rows.iloc[alive], answers, mode, scorer)
+        for j, i in enumerate(alive):
+            responses[i].append(answers[j])
+            extracted[i] = found[j]
+        correct[alive[~np.asarray(ok, dtype=bool)]] = False
+        alive = alive[np.asarray(ok, dtype=bool)]
+    return with_answers(rows, responses, extracted, correct)
+
+
+def with_answers(
+    rows: pd.DataFrame,
+    responses: list[list[str]],
+    extracted: list[str | None],
+    correct: np.ndarray,
+) -> pd.DataFrame:
+    """A copy of ``rows`` with the ``OUTPUT_COLUMNS`` filled in."""
+    out = rows.copy()
+    out["responses"] = responses
+    out["response"] = [r[-1] if r else None for r in responses]
+    out["extracted"] = extracted
+    out["correct"] = correct.astype(bool)
+    out["trials"] = [len(r) for r in responses]
+    return out
