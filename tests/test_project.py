@@ -108,6 +108,10 @@ def _catalog_paths(project: Path, data_root: str = "data") -> dict[str, str]:
     out = {}
     for name, entry in catalog.items():
         path = (entry.get("filepath") or entry["path"]).replace("${globals:data_root}", data_root)
+        if "{model}" in name:
+            for model in ["base", *(f"aot_{r}" for r in rounds)]:
+                out[name.replace("{model}", model)] = path.replace("{model}", model)
+            continue
         for round_name in rounds if "{round}" in name else [None]:
             key = name.replace("{round}", round_name) if round_name else name
             out[key] = path.replace("{round}", round_name) if round_name else path
@@ -183,7 +187,7 @@ def test_schedule_rounds_chain_the_previous_rounds_models() -> None:
             "defender": paths[f"selfplay.{name}.defender"],
         }
     pipeline = register_pipelines()["selfplay"]
-    namespaces = {n.namespace for n in pipeline.nodes if n.namespace}
+    namespaces = {n.namespace for n in pipeline.nodes if n.namespace} - {"selfplay"}
     assert namespaces == {f"selfplay.{name}" for name in rounds}
     for k, name in enumerate(rounds[1:], start=1):
         inputs = {i for n in pipeline.nodes if n.namespace == f"selfplay.{name}" for i in n.inputs}

@@ -1,24 +1,69 @@
-"""evaluation: clean accuracy per family (attacked, unseen and POPE suites come with issue 7)."""
+"""evaluation: the held-out suites (clean, attacked by each Attacker, unseen manipulations,
+POPE-style existence) answered by the base Defender and by each round's Defender."""
+
+from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
 from aot.pipelines.evaluation.nodes import answer_records, summarize_clean
+from aot.pipelines.evaluation.suite_nodes import answer_suites, build_suites, report_evaluation
+from aot.pipelines.selfplay.schedule import load_rounds
+
+DATA = ["extended_scenes", "extended_records", "extended_images"]
 
 
-def create_pipeline(**kwargs) -> Pipeline:  # noqa: ANN003
-    return Pipeline(
-        [
+def _bind(func, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    bound = partial(func, **kwargs)
+    update_wrapper(bound, func)
+    return bound
+
+
+def create_pipeline(rounds: list[str] | None = None, **kwargs) -> Pipeline:  # noqa: ANN003
+    rounds = rounds or load_rounds()
+    attackers = {"cold": "cold_attacker"} | {r: f"selfplay.{r}.attacker" for r in rounds}
+    defenders = {"base": "sft_defender"} | {f"aot_{r}": f"selfplay.{r}.defender" for r in rounds}
+    nodes = [
+        Node(
+            answer_records,
+            inputs=["sft_defender", "extended_records", "extended_images", "params:evaluation"],
+            outputs="clean_predictions",
+            name="answer_clean_records",
+        ),
+        Node(
+            summarize_clean,
+            inputs="clean_predictions",
+            outputs="clean_metrics",
+            name="summarize_clean",
+        ),
+        Node(
+            _bind(build_suites, attacker_names=tuple(attackers)),
+            ["sft_defender", *DATA, "params:evaluation", "params:seed", *attackers.values()],
+            ["evaluation_suites", "evaluation_suite_images"],
+            name="build_suites",
+        ),
+    ]
+    for name, dataset in defenders.items():
+        nodes.append(
             Node(
-                answer_records,
-                inputs=["sft_defender", "extended_records", "extended_images", "params:evaluation"],
-                outputs="clean_predictions",
-                name="answer_clean_records",
-            ),
-            Node(
-                summarize_clean,
-                inputs="clean_predictions",
-                outputs="clean_metrics",
-                name="summarize_clean",
-            ),
-        ]
+                answer_suites,
+                [
+                    dataset,
+                    "evaluation_suites",
+                    "evaluation_suite_images",
+                    "extended_images",
+                    "params:evaluation",
+                    "params:seed",
+                ],
+                f"evaluation_predictions_{name}",
+                name=f"answer_suites_{name}",
+            )
+        )
+    nodes.append(
+        Node(
+            _bind(report_evaluation, model_names=tuple(defenders)),
+            [f"evaluation_predictions_{name}" for name in defenders],
+            ["evaluation_metrics", "evaluation_robustness", "evaluation_report"],
+            name="report_evaluation",
+        )
     )
+    return Pipeline(nodes, tags="evaluation")

@@ -1,0 +1,199 @@
+"""Evaluation suites on held-out scenes: clean, attacked by every Attacker, unseen manipulations;
+every Defender answers them greedily and under the paper's strict protocol; a report sums up."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from aot.attacker import BoxEditPipeline
+from aot.defender import Defender
+from aot.evaluation import UNSEEN_MANIPULATIONS, answer_table, apply_unseen, flatten_metrics
+from aot.evaluation import summarize as summarize_suite
+from aot.selfplay import attack_records
+
+logger = logging.getLogger(__name__)
+SUITE_COLUMNS = [
+    "record_id",
+    "scene_id",
+    "family",
+    "subtype",
+    "question",
+    "options",
+    "answer",
+    "answer_text",
+    "target_boxes",
+    "image",
+]
+
+
+def build_suites(
+    base_defender: Defender,
+    scenes: pd.DataFrame,
+    records: pd.DataFrame,
+    images: dict[str, Any],
+    params: dict[str, Any],
+    seed: int,
+    *attackers: BoxEditPipeline,
+    attacker_names: tuple[str, ...] = (),
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The held-out suites as one table (``suite`` column) plus the images they need beyond the
+    extended ones: each Attacker's edits (valid ones only: integrity, guard, validity) and the
+    unseen manipulations (never used in training; target pixels kept)."""
+    suites = params.get("suites", {})
+    split = params.get("split", "test")
+    held_out = records[records["split"] == split]
+    if held_out.empty:
+        raise ValueError(f"evaluation: no records in split '{split}'")
+    clean = held_out.sample(
+        n=min(len(held_out), int(suites.get("clean_records", 120))), random_state=seed
+    ).reset_index(drop=True)
+    parts = [clean[SUITE_COLUMNS].assign(suite="clean", clean_image=clean["image"])]
+    extra: dict[str, Any] = {}
+    n_attacked = int(suites.get("attacked_records", 100))
+    for name, attacker in zip(attacker_names, attackers, strict=True):
+        attacked, edited = attack_records(
+            attacker,
+            base_defender,
+            clean.head(n_attacked),
+            images,
+            scenes,
+            edits_per_record=1,
+            sampling_steps=int(suites.get("sampling_steps", 6)),
+            noise_level=float(suites.get("noise_level", 0.7)),
+            k=1,
+            batch_size=32,
+            seed=seed + 17,
+            prefix=f"eval-{name}",
+        )
+        valid = attacked[(attacked["gate"] > 0) & (attacked["gt_ok"] > 0) & (attacked["valid"] > 0)]
+        logger.info("suite attacked_%s: %d valid edits of %d", name, len(valid), len(attacked))
+        parts.append(valid[SUITE_COLUMNS + ["clean_image"]].assign(suite=f"attacked_{name}"))
+        extra.update({k: edited[k] for k in valid["image"]})
+    names = list(suites.get("unseen", list(UNSEEN_MANIPULATIONS)))
+    if names:
+        base = clean.head(int(suites.get("unseen_records", 32)))
+        unseen, unseen_images = apply_unseen(base[SUITE_COLUMNS], images, names, seed=seed)
+        parts.append(
+            unseen[SUITE_COLUMNS].assign(
+                suite=[f"unseen_{m}" for m in unseen["manipulation"]],
+                clean_image=unseen["source_image"],
+            )
+        )
+        extra.update(unseen_images)
+    table = pd.concat(parts, ignore_index=True)
+    logger.info("Evaluation suites: %s", table["suite"].value_counts().to_dict())
+    return table, extra
+
+
+def answer_suites(
+    defender: Defender,
+    suites: pd.DataFrame,
+    suite_images: dict[str, Any],
+    images: dict[str, Any],
+    params: dict[str, Any],
+    seed: int,
+) -> pd.DataFrame:
+    """Every suite row answered under each protocol in ``params.protocols``."""
+    merged = {**images, **suite_images}
+    out = []
+    for protocol in params.get("protocols", ["greedy", "strict"]):
+        answered = answer_table(
+            defender,
+            suites,
+            merged,
+            mode=params.get("answer_mode", "word"),
+            protocol=protocol,
+            trials=int(params.get("trials", 3)),
+            temperature=float(params.get("temperature", 1.0)),
+            batch_size=int(params.get("batch_size", 32)),
+            max_new_tokens=int(params.get("max_new_tokens", 12)),
+            seed=seed,
+        )
+        out.append(answered.assign(protocol=protocol))
+    table = pd.concat(out, ignore_index=True)
+    return table.drop(columns=[c for c in ("responses",) if c in table])
+
+
+def report_evaluation(
+    *predictions: pd.DataFrame, model_names: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], Figure, str]:
+    """metrics.json (``model/suite/protocol/...`` keys), a robustness figure and a Markdown
+    report that says in plain words whether the AOT rounds beat the base Defender here."""
+    nested: dict[str, Any] = {}
+    rows = []
+    for name, table in zip(model_names, predictions, strict=True):
+        for (suite, protocol), group in table.groupby(["suite", "protocol"]):
+            summary = summarize_suite(group)
+            nested.setdefault(name, {}).setdefault(suite, {})[protocol] = summary
+            rows.append(
+                {
+                    "model": name,
+                    "suite": suite,
+                    "protocol": protocol,
+                    "accuracy": summary["accuracy"]["overall"],
+                    "n": summary["n"]["overall"],
+                }
+            )
+    metrics = flatten_metrics(nested)
+    table = pd.DataFrame(rows)
+    return metrics, _figure(table, model_names), _markdown(table, model_names)
+
+
+def _group(suite: str) -> str:
+    return "clean" if suite == "clean" else suite.split("_")[0]
+
+
+def _figure(table: pd.DataFrame, model_names: tuple[str, ...]) -> Figure:
+    greedy = table[table["protocol"] == "greedy"].copy()
+    greedy["group"] = greedy["suite"].map(_group)
+    means = greedy.groupby(["model", "group"])["accuracy"].mean().unstack()
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    x = np.arange(len(model_names))
+    for group in ("clean", "attacked", "unseen"):
+        if group in means:
+            ax.plot(x, [means[group].get(m, np.nan) for m in model_names], "o-", label=group)
+    ax.set_xticks(x, model_names, rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("greedy accuracy (held-out)")
+    ax.set_title("Defender accuracy by suite, base then each AOT round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _markdown(table: pd.DataFrame, model_names: tuple[str, ...]) -> str:
+    greedy = table[table["protocol"] == "greedy"]
+    pivot = greedy.pivot_table(index="suite", columns="model", values="accuracy")
+    pivot = pivot[[m for m in model_names if m in pivot.columns]]
+    lines = ["# Evaluation report", "", "Greedy accuracy on held-out scenes (n per suite in the"]
+    lines += ["metrics file). Strict-protocol numbers are in metrics.json.", ""]
+    lines.append("| suite | " + " | ".join(pivot.columns) + " |")
+    lines.append("|---" * (len(pivot.columns) + 1) + "|")
+    for suite, row in pivot.iterrows():
+        lines.append(f"| {suite} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    attacked = greedy[greedy["suite"].str.startswith("attacked")]
+    verdict = (
+        "No attacked suite had a valid edit, so robustness could not be compared on this run."
+        if attacked.empty
+        else "Only one Defender was evaluated."
+    )
+    if len(model_names) > 1 and not attacked.empty:
+        by_model = attacked.groupby("model")["accuracy"].mean()
+        base, last = model_names[0], model_names[-1]
+        delta = by_model.get(last, np.nan) - by_model.get(base, np.nan)
+        verdict = (
+            f"On attacked scenes the last AOT Defender ({last}) scores {by_model.get(last):.3f} "
+            f"against {by_model.get(base):.3f} for {base} ({delta:+.3f}): AOT "
+            + ("beat" if delta > 0 else "did not beat")
+            + " the base Defender on this run (one seed; no clean-RL or static-augmentation "
+            "baseline was run)."
+        )
+    lines += ["", verdict, ""]
+    return "\n".join(lines)
