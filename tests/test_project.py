@@ -131,7 +131,7 @@ def _dvc_stages(root: Path) -> dict[str, dict]:
         for key, item in schedule["rounds"].items():
             text = yaml.safe_dump(stage["do"]).replace("${key}", key)
             for field, value in item.items():
-                text = text.replace("${item.%s}" % field, value)
+                text = text.replace("${item." + field + "}", value)
             out[f"{name}@{key}"] = yaml.safe_load(text)
     return out
 
