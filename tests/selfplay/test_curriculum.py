@@ -48,7 +48,7 @@ def _clean(n: int = 20) -> pd.DataFrame:
 
 
 def test_curate_keeps_exactly_the_valid_fooling_edits_hardest_first() -> None:
-    config = CurriculumConfig(min_wrong_rate=0.34, replay_fraction=0.5)
+    config = CurriculumConfig(min_wrong_rate=0.34, replay_fraction=0.5, min_size=0)
     mixed, stats = curate(_attacked(), _clean(), config, seed=0)
     attacks = mixed[mixed["source"] == "attack"]
     assert sorted(attacks["record_id"]) == ["a", "b"]
@@ -62,14 +62,20 @@ def test_curate_keeps_exactly_the_valid_fooling_edits_hardest_first() -> None:
 
 
 def test_curate_caps_and_orders_by_hardness() -> None:
-    config = CurriculumConfig(min_wrong_rate=0.0, replay_fraction=0.0, max_size=1)
+    config = CurriculumConfig(min_wrong_rate=0.0, replay_fraction=0.0, max_size=1, min_size=0)
     mixed, _ = curate(_attacked(), _clean(), config, seed=0)
     assert list(mixed["record_id"]) == ["a"]
 
 
+def test_replay_fills_a_small_curriculum_up_to_min_size() -> None:
+    config = CurriculumConfig(min_wrong_rate=0.34, replay_fraction=0.5, min_size=10)
+    mixed, _ = curate(_attacked(), _clean(), config, seed=0)
+    assert len(mixed) == 10 and (mixed["source"] == "attack").sum() == 2
+
+
 def test_curate_falls_back_to_clean_data_when_nothing_fools() -> None:
     attacked = _attacked().assign(wrong_rate=0.0)
-    mixed, stats = curate(attacked, _clean(5), CurriculumConfig(max_size=3), seed=0)
+    mixed, stats = curate(attacked, _clean(5), CurriculumConfig(min_size=3), seed=0)
     assert stats["kept_attacks"] == 0
     assert (mixed["source"] == "replay").all() and len(mixed) == 3
 

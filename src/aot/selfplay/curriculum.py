@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -46,13 +46,24 @@ class CurriculumConfig:
     min_wrong_rate: float = 0.34  # keep an edit when at least this share of the K answers fail
     replay_fraction: float = 0.5  # share of clean records in the mixed curriculum
     max_size: int | None = 400  # cap on attacked rows (hardest first)
+    min_size: int = 64  # replayed clean rows fill the curriculum up to this size
     batch_size: int = 32
+    reward: dict[str, Any] = field(default_factory=dict)  # AttackRewardConfig overrides
 
     def __post_init__(self) -> None:
-        for name in ("max_records", "edits_per_record", "sampling_steps", "k", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"selfplay.curriculum.{name} must be an int >= 1, got {value!r}")
+        for name in (
+            "max_records",
+            "edits_per_record",
+            "sampling_steps",
+            "k",
+            "batch_size",
+            "min_size",
+        ):
+            value, low = getattr(self, name), 0 if name == "min_size" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(
+                    f"selfplay.curriculum.{name} must be an int >= {low}, got {value!r}"
+                )
         for name in ("min_wrong_rate", "replay_fraction"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0 <= value <= 1:
@@ -93,6 +104,7 @@ def attack_records(
     batch_size: int,
     seed: int,
     prefix: str,
+    reward: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Image.Image]]:
     """Sample ``edits_per_record`` edits per record with the Attacker (planner + editor) and
     score each with the reward parts and the Defender's ``k`` answers at temperature 1.
@@ -102,7 +114,7 @@ def attack_records(
     ``graph`` of the edited scene, ``gate``, ``gt_ok``, ``valid``, ``clean_ok``,
     ``wrong_rate``) and the edited images by key.
     """
-    reward_cfg = AttackRewardConfig.from_dict({"k": k, "graded": True})
+    reward_cfg = AttackRewardConfig.from_dict({**dict(reward or {}), "k": k, "graded": True})
     config = FlowGRPOConfig(
         sampling_steps=sampling_steps,
         noise_level=noise_level,
@@ -177,10 +189,8 @@ def curate(
     if config.max_size is not None:
         hard = hard.head(config.max_size)
     n_replay = round(len(hard) * config.replay_fraction / (1 - config.replay_fraction))
-    n_replay = min(max(n_replay, 1 if hard.empty else 0), len(clean))
-    if hard.empty:
-        # Nothing fools the Defender: train on clean data rather than on nothing.
-        n_replay = min(len(clean), max(1, config.max_size or len(clean)))
+    # Too few fooling edits (or none): replayed clean data fills the batch DAPO needs.
+    n_replay = min(max(n_replay, config.min_size - len(hard)), len(clean))
     replay = clean.sample(n=n_replay, random_state=seed) if n_replay else clean.head(0)
     mixed = pd.concat(
         [hard.assign(source="attack"), replay.assign(source="replay", clean_image=replay["image"])],

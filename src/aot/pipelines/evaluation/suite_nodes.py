@@ -70,6 +70,7 @@ def build_suites(
             batch_size=32,
             seed=seed + 17,
             prefix=f"eval-{name}",
+            reward=suites.get("reward"),
         )
         valid = attacked[(attacked["gate"] > 0) & (attacked["gt_ok"] > 0) & (attacked["valid"] > 0)]
         logger.info("suite attacked_%s: %d valid edits of %d", name, len(valid), len(attacked))

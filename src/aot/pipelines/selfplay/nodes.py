@@ -83,6 +83,7 @@ def make_curriculum(
         batch_size=config.batch_size,
         seed=seed,
         prefix=round_name,
+        reward=config.reward,
     )
     clean = records[records["split"] == "train"]
     curriculum, stats = curate(attacked, clean, config, seed)
@@ -113,6 +114,8 @@ def train_defender(
     dapo.setdefault("seed", round_seed(seed, round_name))
     root = Path(params.get("checkpoint_root", "data/06_models/selfplay_checkpoints"))
     merged = {**images, **curriculum_images}
+    # A small curriculum still trains: at most one group per prompt in a step.
+    dapo["groups_per_step"] = min(int(dapo.get("groups_per_step", 8)), len(curriculum))
     return train_defender_dapo(defender, curriculum, merged, dapo, root / round_name)
 
 
@@ -148,6 +151,7 @@ def evaluate_round(
         batch_size=int(params.get("batch_size", 32)),
         seed=seed + 7,
         prefix=f"{round_name}-eval",
+        reward=params.get("reward"),
     )
     valid = attacked[(attacked["gate"] > 0) & (attacked["gt_ok"] > 0) & (attacked["valid"] > 0)]
     valid = valid.reset_index(drop=True)
