@@ -206,9 +206,12 @@ def plot_round_gallery(
 ) -> Figure:
     """Clean | attacked pairs of the round's most effective held-out attacks, with the
     Defender's correctness before and after its update."""
-    shown = attacks.sort_values(
-        ["edited_ok_before", "edited_ok_after"], ascending=[True, True]
-    ).head(n)
+    # Real successes first (right on clean, wrong when attacked), then the rest.
+    ranked = attacks.assign(
+        _fooled=attacks["clean_ok_before"] & ~attacks["edited_ok_before"],
+        _clean=attacks["clean_ok_before"],
+    )
+    shown = ranked.sort_values(["_fooled", "_clean"], ascending=False).head(n)
     rows = max(len(shown), 1)
     fig, axes = plt.subplots(rows, 2, figsize=(5.2, 2.7 * rows), squeeze=False)
     mark = {True: "right", False: "wrong"}
