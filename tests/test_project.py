@@ -191,7 +191,10 @@ def test_schedule_rounds_chain_the_previous_rounds_models() -> None:
     assert namespaces == {f"selfplay.{name}" for name in rounds}
     for k, name in enumerate(rounds[1:], start=1):
         inputs = {i for n in pipeline.nodes if n.namespace == f"selfplay.{name}" for i in n.inputs}
-        assert {f"selfplay.{rounds[k - 1]}.attacker", f"selfplay.{rounds[k - 1]}.defender"} <= inputs
+        assert {
+            f"selfplay.{rounds[k - 1]}.attacker",
+            f"selfplay.{rounds[k - 1]}.defender",
+        } <= inputs
 
 
 def test_paper_env_links_the_checkpoint_instead_of_copying(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -67,3 +68,19 @@ def test_killed_selfplay_resumes_with_completed_rounds_untouched(project_copy: P
     assert _digest(root / "06_models" / "selfplay" / "round_1") == done["models"]
     assert _digest(root / "08_reporting" / "selfplay" / "round_1") == done["reports"]
     assert _digest(root / "05_model_input" / "selfplay" / "round_1") == done["curriculum"]
+    # Round k started from round k-1's Defender (round 1 from the warmed-up one): weights, not names.
+    from aot.defender import Defender
+    from aot.selfplay.metrics import fingerprint
+
+    prints = [
+        json.loads(
+            (root / "08_reporting" / "selfplay" / f"round_{k}" / "metrics.json").read_text()
+        )["fingerprints"]
+        for k in (1, 2, 3)
+    ]
+    sft = fingerprint(Defender.from_pretrained(root / "06_models" / "defender_sft"))
+    assert prints[0]["defender_in"] == sft
+    assert prints[1]["defender_in"] == prints[0]["defender_out"]
+    assert prints[2]["defender_in"] == prints[1]["defender_out"]
+    last = Defender.from_pretrained(root / "06_models" / "selfplay" / "round_3" / "defender")
+    assert fingerprint(last) == prints[2]["defender_out"]

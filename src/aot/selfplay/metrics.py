@@ -64,3 +64,19 @@ def by_family(table: pd.DataFrame, column: str) -> dict[str, float]:
     if table.empty:
         return {}
     return {str(f): float(v) for f, v in table.groupby("family")[column].mean().items()}
+
+
+def fingerprint(model: Any) -> str:
+    """A short hash of a model's weights (a Defender or a diffusers pipeline), so a round's
+    metrics record exactly which checkpoint it started from and which it produced."""
+    import hashlib
+
+    import torch
+
+    module = getattr(model, "model", None) or getattr(model, "unet", None) or model
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -17,7 +17,7 @@ from aot.defender import Defender
 from aot.defender.dapo import train_defender_dapo
 from aot.defender.examples import load_image
 from aot.selfplay import CurriculumConfig, attack_records, curate
-from aot.selfplay.metrics import attack_outcomes, by_family, greedy_correct
+from aot.selfplay.metrics import attack_outcomes, by_family, fingerprint, greedy_correct
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +158,11 @@ def evaluate_round(
     all_images = {**images, **edited}
     mode = params.get("answer_mode", "word")
     metrics: dict[str, Any] = {"round": round_name, "held_out_edits": len(attacked)}
+    metrics["fingerprints"] = {
+        "defender_in": fingerprint(defender_before),
+        "defender_out": fingerprint(defender_after),
+        "attacker_out": fingerprint(attacker),
+    }
     metrics["integrity_pass_rate"] = float((attacked["gate"] > 0).mean())
     metrics["valid_edit_rate"] = len(valid) / max(len(attacked), 1)
     for tag, defender in (("before", defender_before), ("after", defender_after)):
