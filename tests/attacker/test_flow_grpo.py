@@ -280,3 +280,46 @@ def test_node_entry_point_logs_every_part(records: tuple[pd.DataFrame, dict]) ->
     assert pipe.planner is not None
     with pytest.raises(ValueError, match="defender or a reward_fn"):
         train_attacker_flow_grpo(pipe, None, recs, images, params, seed=0)
+
+
+def test_a_resumed_run_continues_like_an_uninterrupted_one(
+    records: tuple[pd.DataFrame, dict], tmp_path
+) -> None:  # noqa: ANN001
+    """Killed after step 2 (its checkpoint written), rerun to step 4: same log, same weights."""
+    recs, images = records
+    scenes = pd.DataFrame({"scene_id": recs["scene_id"], "graph": recs["graph"]}).drop_duplicates(
+        "scene_id"
+    )
+    base = {**QUICK, "steps": 4, "save_every": 2, "beta_kl": 0.05, "log_kl": True}
+
+    calls: list[int] = []
+
+    def run(steps: int, folder) -> tuple:  # noqa: ANN001
+        defender = ScriptedDefender(recs, images, lambda e, c, r, i: [i % 3 == 0] * 3)
+        calls.clear()
+        return train_attacker_flow_grpo(
+            build_box_edit_pipeline(TINY, 0),
+            defender,
+            recs.drop(columns="graph"),
+            images,
+            {**base, "steps": steps},
+            seed=0,
+            scenes=scenes,
+            checkpoint_dir=folder,
+            on_step=lambda row, trainer: calls.append(int(row["step"])),
+        )
+
+    straight, log = run(4, tmp_path / "straight")
+    run(2, tmp_path / "resumed")  # the "interrupted" run: its last checkpoint is step 2
+    resumed, log2 = run(4, tmp_path / "resumed")
+    assert calls == [3, 4]  # steps 1-2 came from the checkpoint, not from a rerun
+    assert list(log2["step"]) == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(
+        log[["step", "reward_mean", "efficacy", "kl"]],
+        log2[["step", "reward_mean", "efficacy", "kl"]],
+    )
+    pairs = zip(
+        straight.unet.state_dict().values(), resumed.unet.state_dict().values(), strict=True
+    )
+    for a, b in pairs:
+        assert torch.equal(a, b)

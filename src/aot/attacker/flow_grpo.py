@@ -23,9 +23,11 @@ import copy
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -115,6 +117,7 @@ class FlowGRPOConfig:
     quality_edits: int = 32
     defender_batch_size: int = 32
     threads: int = 1
+    save_every: int = 0  # steps between resumable checkpoints in `checkpoint_dir` (0: never)
     reward: AttackRewardConfig = field(default_factory=AttackRewardConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
 
@@ -139,6 +142,7 @@ class FlowGRPOConfig:
         number("group_size", 2, math.inf, integer=True)
         number("sampling_steps", 2, math.inf, integer=True)
         number("quality_every", 0, math.inf, integer=True)
+        number("save_every", 0, math.inf, integer=True)
         number("quality_edits", 1, math.inf, integer=True)
         number("defender_batch_size", 1, math.inf, integer=True)
         number("noise_level", 0, math.inf, open_low=True)
@@ -544,6 +548,34 @@ class FlowGRPOTrainer:
         self.rng = np.random.default_rng(seed)
         self.step_count = 0
 
+    # -- checkpoints
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly: weights, optimizers, RNGs."""
+        return {
+            "step": self.step_count,
+            "unet": self.pipe.unet.state_dict(),
+            "planner": self.planner.state_dict(),
+            "reference": None if self.reference is None else self.reference.unet.state_dict(),
+            "opt": self.opt.state_dict(),
+            "planner_opt": self.planner_opt.state_dict(),
+            "gen": self.gen.get_state(),
+            "rng": self.rng.bit_generator.state,
+            "reward_seed": getattr(self.reward_fn, "seed", None),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step"])
+        self.pipe.unet.load_state_dict(state["unet"])
+        self.planner.load_state_dict(state["planner"])
+        if self.reference is not None and state["reference"] is not None:
+            self.reference.unet.load_state_dict(state["reference"])
+        self.opt.load_state_dict(state["opt"])
+        self.planner_opt.load_state_dict(state["planner_opt"])
+        self.gen.set_state(state["gen"])
+        self.rng.bit_generator.state = state["rng"]
+        if state.get("reward_seed") is not None and hasattr(self.reward_fn, "seed"):
+            self.reward_fn.seed = state["reward_seed"]
+
     # -- sampling
     @torch.no_grad()
     def rollout(
@@ -756,6 +788,17 @@ def clean_answers(
         it.clean_answers = list(a)
 
 
+STATE_FILE = "flow_grpo_state.pt"
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    """Atomic: a kill mid-save leaves the previous state file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def train_attacker_flow_grpo(
     pipe: BoxEditPipeline,
     defender: Answerer | None,
@@ -768,6 +811,7 @@ def train_attacker_flow_grpo(
     planner: EditPlanner | None = None,
     reward_fn: RewardFn | None = None,
     on_step: Callable[[dict[str, float], FlowGRPOTrainer], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> tuple[BoxEditPipeline, pd.DataFrame]:
     """Flow-GRPO of the Attacker against the frozen ``defender``; returns (pipe, per-step log).
 
@@ -807,9 +851,16 @@ def train_attacker_flow_grpo(
                         logger.warning("Flow-GRPO: no item is answered right on clean; keeping all")
         trainer = FlowGRPOTrainer(pipe, items, config, reward_fn, seed, planner)
         rows: list[dict[str, float]] = []
-        if config.quality_every:
+        state_file = Path(checkpoint_dir) / STATE_FILE if checkpoint_dir else None
+        if state_file is not None and state_file.is_file():
+            # Our own file, written by `_save_state` below (optimizer and RNG states need pickle).
+            saved = torch.load(state_file, weights_only=False)
+            trainer.load_state(saved["trainer"])
+            rows = list(saved["rows"])
+            logger.info("Flow-GRPO: resumed from %s at step %d", state_file, trainer.step_count)
+        elif config.quality_every:
             rows.append({"step": 0, **trainer.edit_quality(config.quality_edits, seed + 999)})
-        for step in range(1, config.steps + 1):
+        for step in range(trainer.step_count + 1, config.steps + 1):
             row = trainer.step()
             if config.quality_every and (step % config.quality_every == 0 or step == config.steps):
                 row.update(trainer.edit_quality(config.quality_edits, seed + 999))
@@ -827,6 +878,8 @@ def train_attacker_flow_grpo(
                 row.get("clip_frac", math.nan),
                 row["t_step"],
             )
+            if state_file is not None and config.save_every and step % config.save_every == 0:
+                _save_state(state_file, {"trainer": trainer.state(), "rows": rows})
             if on_step is not None:
                 on_step(row, trainer)
     pipe.unet.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,16 @@ def train_attacker(
     scenes; the log holds the reward parts and the edit-quality curve."""
     seed = round_seed(seed, round_name)
     train = _split(records, "train", params.get("max_records"), seed)
-    flow = {k: v for k, v in params.items() if k != "max_records"}
-    return train_attacker_flow_grpo(attacker, defender, train, images, flow, seed, scenes=scenes)
+    flow = {k: v for k, v in params.items() if k not in ("max_records", "checkpoint_root")}
+    root = Path(params.get("checkpoint_root", "data/06_models/selfplay_checkpoints"))
+    checkpoints = root / round_name / "attacker"
+    trained, log = train_attacker_flow_grpo(
+        attacker, defender, train, images, flow, seed, scenes=scenes, checkpoint_dir=checkpoints
+    )
+    # Checkpoints exist only to resume an interrupted node; a finished one must not leak its
+    # state into a later run with other parameters.
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return trained, log
 
 
 def make_curriculum(
@@ -116,7 +125,10 @@ def train_defender(
     merged = {**images, **curriculum_images}
     # A small curriculum still trains: at most one group per prompt in a step.
     dapo["groups_per_step"] = min(int(dapo.get("groups_per_step", 8)), len(curriculum))
-    return train_defender_dapo(defender, curriculum, merged, dapo, root / round_name)
+    checkpoints = root / round_name / "defender"
+    trained, log = train_defender_dapo(defender, curriculum, merged, dapo, checkpoints)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # see train_attacker
+    return trained, log
 
 
 def evaluate_round(
