@@ -108,8 +108,12 @@ def _catalog_paths(project: Path, data_root: str = "data") -> dict[str, str]:
     out = {}
     for name, entry in catalog.items():
         path = (entry.get("filepath") or entry["path"]).replace("${globals:data_root}", data_root)
+        if "{name}" in name:
+            for baseline in ("clean_rl", "static_aug"):
+                out[name.replace("{name}", baseline)] = path.replace("{name}", baseline)
+            continue
         if "{model}" in name:
-            for model in ["base", *(f"aot_{r}" for r in rounds)]:
+            for model in ["base", "clean_rl", "static_aug", *(f"aot_{r}" for r in rounds)]:
                 out[name.replace("{model}", model)] = path.replace("{model}", model)
             continue
         for round_name in rounds if "{round}" in name else [None]:
@@ -168,6 +172,7 @@ def test_dvc_stages_run_the_registered_pipelines_in_order() -> None:
         "selfplay@round_2",
         "selfplay@round_3",
         "selfplay_summary",
+        "baselines",
         "evaluation",
     ]
 

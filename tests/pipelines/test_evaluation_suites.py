@@ -59,5 +59,5 @@ def test_suites_answers_and_report(world) -> None:  # noqa: ANN001
     assert metrics["aot_round_1/clean/greedy/accuracy/overall"] == 0.0
     assert "base/clean/strict/accuracy/overall" in metrics
     assert any(k.startswith("base/clean/greedy/pope/") for k in metrics)
-    assert "| clean |" in report and "No attacked suite" in report
+    assert "| clean |" in report and "no verdict" in report
     assert np.isfinite(list(metrics.values())).all()

@@ -10,6 +10,7 @@ from aot.pipelines.evaluation.suite_nodes import answer_suites, build_suites, re
 from aot.pipelines.selfplay.schedule import load_rounds
 
 DATA = ["extended_scenes", "extended_records", "extended_images"]
+BASELINES = ("clean_rl", "static_aug")
 
 
 def _bind(func, **kwargs):  # noqa: ANN001, ANN003, ANN202
@@ -21,7 +22,11 @@ def _bind(func, **kwargs):  # noqa: ANN001, ANN003, ANN202
 def create_pipeline(rounds: list[str] | None = None, **kwargs) -> Pipeline:  # noqa: ANN003
     rounds = rounds or load_rounds()
     attackers = {"cold": "cold_attacker"} | {r: f"selfplay.{r}.attacker" for r in rounds}
-    defenders = {"base": "sft_defender"} | {f"aot_{r}": f"selfplay.{r}.defender" for r in rounds}
+    defenders = (
+        {"base": "sft_defender"}
+        | {name: f"baseline_{name}_defender" for name in BASELINES}
+        | {f"aot_{r}": f"selfplay.{r}.defender" for r in rounds}
+    )
     nodes = [
         Node(
             answer_records,

@@ -179,22 +179,34 @@ def _markdown(table: pd.DataFrame, model_names: tuple[str, ...]) -> str:
     lines.append("|---" * (len(pivot.columns) + 1) + "|")
     for suite, row in pivot.iterrows():
         lines.append(f"| {suite} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
-    attacked = greedy[greedy["suite"].str.startswith("attacked")]
-    verdict = (
-        "No attacked suite had a valid edit, so robustness could not be compared on this run."
-        if attacked.empty
-        else "Only one Defender was evaluated."
-    )
-    if len(model_names) > 1 and not attacked.empty:
-        by_model = attacked.groupby("model")["accuracy"].mean()
-        base, last = model_names[0], model_names[-1]
-        delta = by_model.get(last, np.nan) - by_model.get(base, np.nan)
-        verdict = (
-            f"On attacked scenes the last AOT Defender ({last}) scores {by_model.get(last):.3f} "
-            f"against {by_model.get(base):.3f} for {base} ({delta:+.3f}): AOT "
-            + ("beat" if delta > 0 else "did not beat")
-            + " the base Defender on this run (one seed; no clean-RL or static-augmentation "
-            "baseline was run)."
-        )
-    lines += ["", verdict, ""]
+    lines += ["", *_verdicts(table, model_names)]
     return "\n".join(lines)
+
+
+def _verdicts(table: pd.DataFrame, model_names: tuple[str, ...]) -> list[str]:
+    """Plain-words comparison of the last AOT Defender with every other model on the attacked
+    suites, per protocol (mean over the attacked suites)."""
+    attacked = table[table["suite"].str.startswith("attacked")]
+    aot = [m for m in model_names if m.startswith("aot_")]
+    if attacked.empty or not aot:
+        return [
+            "No attacked suite had a valid edit, or no AOT round was evaluated: no verdict.",
+            "",
+        ]
+    last = aot[-1]
+    lines = []
+    for protocol, group in attacked.groupby("protocol"):
+        means = group.groupby("model")["accuracy"].mean()
+        others = [m for m in model_names if m != last and m in means]
+        beaten = [m for m in others if means[last] > means[m]]
+        detail = ", ".join(f"{m} {means[m]:.3f}" for m in others)
+        lines.append(
+            f"- {protocol}: on attacked scenes {last} scores {means[last]:.3f} ({detail}); "
+            + (
+                "AOT beat every other model on this run."
+                if len(beaten) == len(others)
+                else f"AOT did not beat {', '.join(m for m in others if m not in beaten)}."
+            )
+        )
+    lines += ["", "One seed; differences of a few points are within noise at these sizes.", ""]
+    return lines

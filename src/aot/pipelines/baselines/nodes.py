@@ -1,0 +1,78 @@
+"""Baselines at AOT's compute: the same DAPO recipe for as many steps as all self-play rounds
+together, on clean data (the paper's "Ablation (Clean Data)") or on statically implanted
+procedural distractors without any Attacker learning (static augmentation)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from aot.defender import Defender
+from aot.defender.dapo import train_defender_dapo
+
+logger = logging.getLogger(__name__)
+
+
+def _dapo(
+    defender: Defender,
+    table: pd.DataFrame,
+    images: dict[str, Any],
+    dapo: dict[str, Any],
+    baselines: dict[str, Any],
+    seed: int,
+    name: str,
+) -> tuple[Defender, pd.DataFrame]:
+    params = {k: v for k, v in dapo.items() if k != "checkpoint_root"}
+    params["max_steps"] = int(dapo.get("max_steps", 24)) * int(baselines.get("rounds", 3))
+    params["seed"] = seed + 7919
+    params["groups_per_step"] = min(int(params.get("groups_per_step", 8)), len(table))
+    root = Path(dapo.get("checkpoint_root", "data/06_models/selfplay_checkpoints"))
+    checkpoints = root / f"baseline_{name}"
+    logger.info("Baseline %s: DAPO for %d steps on %d rows", name, params["max_steps"], len(table))
+    trained, log = train_defender_dapo(defender, table, images, params, checkpoints)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return trained, log
+
+
+def train_clean_rl(
+    defender: Defender,
+    records: pd.DataFrame,
+    images: dict[str, Any],
+    dapo: dict[str, Any],
+    baselines: dict[str, Any],
+    seed: int,
+) -> tuple[Defender, pd.DataFrame]:
+    """DAPO on clean training records only."""
+    train = records[records["split"] == "train"]
+    n = min(len(train), int(baselines.get("max_records", 600)))
+    table = train.sample(n=n, random_state=seed).reset_index(drop=True)
+    return _dapo(defender, table, images, dapo, baselines, seed, "clean_rl")
+
+
+def train_static_aug(
+    defender: Defender,
+    candidates: pd.DataFrame,
+    implanted_images: dict[str, Any],
+    records: pd.DataFrame,
+    images: dict[str, Any],
+    dapo: dict[str, Any],
+    baselines: dict[str, Any],
+    seed: int,
+) -> tuple[Defender, pd.DataFrame]:
+    """DAPO on procedural distractors implanted next to the targets (every proposal, not only
+    the ones that fooled), mixed half and half with clean records as AOT's curriculum is."""
+    n = int(baselines.get("max_records", 600))
+    implanted = candidates[candidates["split"] == "train"]
+    implanted = implanted.sample(n=min(len(implanted), n // 2), random_state=seed)
+    implanted = implanted.assign(image=implanted["edited_image"])
+    clean = records[records["split"] == "train"]
+    clean = clean.sample(n=min(len(clean), n - len(implanted)), random_state=seed)
+    table = pd.concat([implanted[clean.columns.intersection(implanted.columns)], clean])
+    table = table.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    return _dapo(
+        defender, table, {**images, **implanted_images}, dapo, baselines, seed, "static_aug"
+    )
