@@ -1,0 +1,53 @@
+"""`dvc repro` on a temporary copy of the project (smoke env): every stage runs, then a second
+`dvc repro` finds nothing to do."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _run(cwd: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _smoke_copy(tmp: Path) -> Path:
+    """The project with every DVC stage pointed at the smoke env and its data root."""
+    repo = tmp / "repo"
+    repo.mkdir()
+    for name in ("conf", "src", "pyproject.toml", ".telemetry", ".dvcignore", "dvc.yaml"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("local", "__pycache__"))
+        else:
+            shutil.copy(src, repo / name)
+    (repo / "conf" / "local").mkdir(exist_ok=True)
+    for path in (repo / "dvc.yaml", repo / "conf" / "base" / "selfplay_schedule.yml"):
+        text = path.read_text().replace("--env base", "--env smoke")
+        path.write_text(text.replace(" data/", " data/smoke/"))
+    return repo
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_every_stage_then_does_nothing(tmp_path: Path) -> None:
+    repo = _smoke_copy(tmp_path)
+    for args in (("git", "init", "-q"), (str(BIN / "dvc"), "init", "-q")):
+        assert _run(repo, *args).returncode == 0
+    first = _run(repo, str(BIN / "dvc"), "repro")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert (repo / "data" / "smoke" / "08_reporting" / "evaluation" / "metrics.json").exists()
+    second = _run(repo, str(BIN / "dvc"), "repro")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "Running stage" not in second.stdout, second.stdout[-2000:]
+    assert "up to date" in second.stdout
+    metrics = _run(repo, str(BIN / "dvc"), "metrics", "show")
+    assert "evaluation/metrics.json" in metrics.stdout
