@@ -23,11 +23,11 @@ from diffusers.optimization import get_constant_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from aot.attacker.config import reject_unknown
 from aot.attacker.editing import flow_matching_loss
 from aot.attacker.pairs import EditPairs, make_edit_pairs
 from aot.attacker.pipeline import BoxEditPipeline
 from aot.attacker.train_state import TrainState
+from aot.config import reject_unknown
 from aot.world import WorldConfig
 
 logger = logging.getLogger(__name__)

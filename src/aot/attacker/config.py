@@ -6,12 +6,13 @@ Defaults follow the measured design A of ``shared/notes/exp-attacker-editor.md``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from diffusers import UNet2DModel
 
 from aot.attacker.prompts import NUM_CLASS_EMBEDS
+from aot.config import reject_unknown
 
 # Input channels: noisy crop (3), unmasked source crop (3), box mask (1).
 IN_CHANNELS = 7
@@ -21,14 +22,6 @@ def _positive_int(owner: str, name: str, value: Any) -> None:
     """Reject bools too: YAML ``true`` must not silently become 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
-
-
-def reject_unknown(owner: str, cls: type, params: dict[str, Any]) -> None:
-    """Kedro parameters are typed by hand, so a typo must fail loudly instead of being ignored."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"{owner}: unknown key(s) {unknown}; known keys: {sorted(known)}")
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,6 +48,8 @@ from aot.attacker.planner import EditPlan, EditPlanner, PlannerConfig, PlanSpace
 from aot.attacker.prompts import REMOVE_CLASS
 from aot.attacker.quality import edit_quality
 from aot.attacker.sde import SampleTrace, mean_kl
+from aot.bootstrap.pairs import Answerer  # the Defender interface the filter uses too
+from aot.config import reject_unknown
 from aot.rewards.answer import build_prompt
 from aot.rewards.attack import (
     AttackRewardConfig,
@@ -64,22 +66,6 @@ from aot.world import Edit, Scene, apply_edit
 logger = logging.getLogger(__name__)
 
 ADV_STD_MODES = ("group", "global", "none")
-
-
-class Answerer(Protocol):
-    """What the reward needs from the frozen Defender (``aot.defender.Defender.generate``)."""
-
-    def generate(
-        self,
-        images: Sequence[Any],
-        prompts: Sequence[str],
-        *,
-        n: int,
-        temperature: float,
-        max_new_tokens: int,
-        batch_size: int,
-        seed: int | None,
-    ) -> list[list[str]]: ...
 
 
 @dataclass(frozen=True)
@@ -170,12 +156,7 @@ class FlowGRPOConfig:
     def from_dict(cls, params: Mapping[str, Any] | None) -> FlowGRPOConfig:
         """From Kedro params; unknown keys (also inside ``reward`` / ``planner``) fail by name."""
         params = dict(params or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(
-                f"FlowGRPOConfig: unknown key(s) {unknown}; known keys: {sorted(known)}"
-            )
+        reject_unknown("FlowGRPOConfig", cls, params)
         if isinstance(params.get("reward"), Mapping):
             params["reward"] = AttackRewardConfig.from_dict(params["reward"])
         if isinstance(params.get("planner"), Mapping):

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aot.attacker.config import reject_unknown
 from aot.attacker.prompts import N_OBJECT_CLASSES, REMOVE_CLASS, class_to_edit, object_class
 from aot.bootstrap.categories import Forbidden, forbidden_for_spec, spec_refs
+from aot.config import reject_unknown
 from aot.world import COLORS, EDIT_KINDS, FAMILIES, SHAPES, SIZES, Box, Scene, SceneObject
 from aot.world import size_pixels as world_size_pixels
 from aot.world.scene import boxes_separated

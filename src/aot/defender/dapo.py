@@ -21,7 +21,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig
 
+from aot.config import reject_unknown
 from aot.datasets.model_folder import atomic_folder
 from aot.defender.dynamic_sampling import (
     INDEX_COLUMN,
@@ -115,10 +116,7 @@ class DefenderDAPOConfig:
         cls, params: Mapping[str, Any] | None, prefix: str = "dapo"
     ) -> DefenderDAPOConfig:
         params = dict(params or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"{prefix}: unknown key(s) {unknown}; known: {sorted(known)}")
+        reject_unknown(prefix, cls, params)
         config = cls(**params)
         config.validate(prefix)
         return config

@@ -28,12 +28,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from aot.config import reject_unknown
 from aot.rewards.answer import is_correct
 
 VALIDITY_MODES = ("gate", "off")
@@ -331,12 +332,7 @@ class AttackRewardConfig:
     @classmethod
     def from_dict(cls, params: Mapping[str, Any] | None) -> AttackRewardConfig:
         params = dict(params or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(
-                f"AttackRewardConfig: unknown key(s) {unknown}; known keys: {sorted(known)}"
-            )
+        reject_unknown("AttackRewardConfig", cls, params)
         if isinstance(params.get("validity_checks"), list):
             params["validity_checks"] = tuple(params["validity_checks"])
         return cls(**params)

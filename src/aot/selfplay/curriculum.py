@@ -12,7 +12,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from aot.attacker.flow_grpo import (
     clean_answers,
 )
 from aot.attacker.pipeline import BoxEditPipeline
+from aot.config import reject_unknown
 from aot.rewards.attack import AttackRewardConfig
 from aot.world import Edit, apply_edit
 
@@ -78,12 +79,7 @@ class CurriculumConfig:
     @classmethod
     def from_dict(cls, params: Mapping[str, Any] | None) -> CurriculumConfig:
         params = dict(params or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(
-                f"selfplay.curriculum: unknown key(s) {unknown}; known: {sorted(known)}"
-            )
+        reject_unknown("selfplay.curriculum", cls, params)
         return cls(**params)
 
     def to_dict(self) -> dict[str, Any]:

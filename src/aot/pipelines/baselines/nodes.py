@@ -5,14 +5,12 @@ procedural distractors without any Attacker learning (static augmentation)."""
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from aot.defender import Defender
-from aot.defender.dapo import train_defender_dapo
+from aot.pipelines.selfplay.nodes import run_dapo
 
 logger = logging.getLogger(__name__)
 
@@ -26,16 +24,10 @@ def _dapo(
     seed: int,
     name: str,
 ) -> tuple[Defender, pd.DataFrame]:
-    params = {k: v for k, v in dapo.items() if k != "checkpoint_root"}
-    params["max_steps"] = int(dapo.get("max_steps", 24)) * int(baselines.get("rounds", 3))
-    params["seed"] = seed + 7919
-    params["groups_per_step"] = min(int(params.get("groups_per_step", 8)), len(table))
-    root = Path(dapo.get("checkpoint_root", "data/06_models/selfplay_checkpoints"))
-    checkpoints = root / f"baseline_{name}"
-    logger.info("Baseline %s: DAPO for %d steps on %d rows", name, params["max_steps"], len(table))
-    trained, log = train_defender_dapo(defender, table, images, params, checkpoints)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    return trained, log
+    steps = int(dapo.get("max_steps", 24)) * int(baselines.get("rounds", 3))
+    logger.info("Baseline %s: DAPO for %d steps on %d rows", name, steps, len(table))
+    params = {**dapo, "max_steps": steps, "seed": seed + 7919}
+    return run_dapo(defender, table, images, params, f"baseline_{name}")
 
 
 def train_clean_rl(

@@ -1,22 +1,15 @@
 """evaluation: the held-out suites (clean, attacked by each Attacker, unseen manipulations,
 POPE-style existence) answered by the base Defender and by each round's Defender."""
 
-from functools import partial, update_wrapper
-
 from kedro.pipeline import Node, Pipeline
 
+from aot.pipelines import bind
 from aot.pipelines.evaluation.nodes import answer_records, summarize_clean
 from aot.pipelines.evaluation.suite_nodes import answer_suites, build_suites, report_evaluation
 from aot.pipelines.selfplay.schedule import load_rounds
 
 DATA = ["extended_scenes", "extended_records", "extended_images"]
 BASELINES = ("clean_rl", "static_aug")
-
-
-def _bind(func, **kwargs):  # noqa: ANN001, ANN003, ANN202
-    bound = partial(func, **kwargs)
-    update_wrapper(bound, func)
-    return bound
 
 
 def create_pipeline(rounds: list[str] | None = None, **kwargs) -> Pipeline:  # noqa: ANN003
@@ -41,7 +34,7 @@ def create_pipeline(rounds: list[str] | None = None, **kwargs) -> Pipeline:  # n
             name="summarize_clean",
         ),
         Node(
-            _bind(build_suites, attacker_names=tuple(attackers)),
+            bind(build_suites, attacker_names=tuple(attackers)),
             ["sft_defender", *DATA, "params:evaluation", "params:seed", *attackers.values()],
             ["evaluation_suites", "evaluation_suite_images"],
             name="build_suites",
@@ -65,7 +58,7 @@ def create_pipeline(rounds: list[str] | None = None, **kwargs) -> Pipeline:  # n
         )
     nodes.append(
         Node(
-            _bind(report_evaluation, model_names=tuple(defenders)),
+            bind(report_evaluation, model_names=tuple(defenders)),
             [f"evaluation_predictions_{name}" for name in defenders],
             ["evaluation_metrics", "evaluation_robustness", "evaluation_report"],
             name="report_evaluation",

@@ -119,15 +119,26 @@ def train_defender(
 ) -> tuple[Defender, pd.DataFrame]:
     """DAPO on the curriculum. Checkpoints go to ``params.checkpoint_root/<round>``, so a round
     interrupted mid-training resumes from its last checkpoint."""
-    dapo = {k: v for k, v in params.items() if k != "checkpoint_root"}
-    dapo.setdefault("seed", round_seed(seed, round_name))
-    root = Path(params.get("checkpoint_root", "data/06_models/selfplay_checkpoints"))
+    params = {**params, "seed": params.get("seed", round_seed(seed, round_name))}
     merged = {**images, **curriculum_images}
-    # A small curriculum still trains: at most one group per prompt in a step.
-    dapo["groups_per_step"] = min(int(dapo.get("groups_per_step", 8)), len(curriculum))
-    checkpoints = root / round_name / "defender"
-    trained, log = train_defender_dapo(defender, curriculum, merged, dapo, checkpoints)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # see train_attacker
+    return run_dapo(defender, curriculum, merged, params, f"{round_name}/defender")
+
+
+def run_dapo(
+    defender: Defender,
+    table: pd.DataFrame,
+    images: dict[str, Any],
+    params: dict[str, Any],
+    name: str,
+) -> tuple[Defender, pd.DataFrame]:
+    """``train_defender_dapo`` as a node runs it: checkpoints under
+    ``params.checkpoint_root/<name>`` while training, removed once it finished (see
+    train_attacker); a small table still trains, with at most one group per prompt in a step."""
+    dapo = {k: v for k, v in params.items() if k != "checkpoint_root"}
+    dapo["groups_per_step"] = min(int(dapo.get("groups_per_step", 8)), len(table))
+    root = Path(params.get("checkpoint_root", "data/06_models/selfplay_checkpoints"))
+    trained, log = train_defender_dapo(defender, table, images, dapo, root / name)
+    shutil.rmtree(root / name, ignore_errors=True)
     return trained, log
 
 

@@ -6,12 +6,11 @@ the warmed-up Defender). N comes from conf/base/selfplay_schedule.yml (see `sche
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial, update_wrapper
 from typing import Any
 
 from kedro.pipeline import Node, Pipeline
 
+from aot.pipelines import bind
 from aot.pipelines.selfplay.nodes import (
     evaluate_round,
     make_curriculum,
@@ -25,31 +24,25 @@ from aot.pipelines.selfplay.schedule import load_rounds
 DATA = ["extended_scenes", "extended_records", "extended_images"]
 
 
-def _for_round(func: Callable[..., Any], round_name: str) -> Callable[..., Any]:
-    bound = partial(func, round_name=round_name)
-    update_wrapper(bound, func)
-    return bound
-
-
 def round_template(round_name: str) -> Pipeline:
     """One round; datasets are local names that the namespace prefixes (``attacker_in`` and
     ``defender_in`` are mapped to the previous round's models)."""
     return Pipeline(
         [
             Node(
-                _for_round(train_attacker, round_name),
+                bind(train_attacker, round_name=round_name),
                 ["attacker_in", "defender_in", *DATA, "params:selfplay.attacker", "params:seed"],
                 ["attacker", "attacker_log"],
                 name="train_attacker",
             ),
             Node(
-                _for_round(make_curriculum, round_name),
+                bind(make_curriculum, round_name=round_name),
                 ["attacker", "defender_in", *DATA, "params:selfplay.curriculum", "params:seed"],
                 ["curriculum", "curriculum_images", "curriculum_stats"],
                 name="make_curriculum",
             ),
             Node(
-                _for_round(train_defender, round_name),
+                bind(train_defender, round_name=round_name),
                 [
                     "defender_in",
                     "curriculum",
@@ -62,7 +55,7 @@ def round_template(round_name: str) -> Pipeline:
                 name="train_defender",
             ),
             Node(
-                _for_round(evaluate_round, round_name),
+                bind(evaluate_round, round_name=round_name),
                 [
                     "attacker",
                     "defender_in",
