@@ -27,9 +27,10 @@ from transformers import TrainerCallback
 
 from aot.defender import TinyDefenderConfig, build_tiny_defender
 from aot.defender.dapo import DefenderDAPOConfig, build_dapo_trainer, dapo_dataset
-from aot.defender.examples import load_image, make_prompt
+from aot.defender.examples import load_image
 from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
 from aot.pipelines.bootstrap_dataset.nodes import generate_source_scenes
+from aot.rewards import make_prompt
 
 logger = logging.getLogger("bench_dapo")
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,9 +27,9 @@ from aot.defender.dynamic_sampling import (
     informative_groups,
     merge_rollouts,
 )
-from aot.defender.examples import make_prompt, world_examples
+from aot.defender.examples import world_examples
 from aot.defender.sft import DefenderSFTConfig, train_defender_sft
-from aot.rewards import is_correct
+from aot.rewards import is_correct, make_prompt
 from aot.world import COLORS, SHAPES
 
 BLANK = Image.new("RGB", (56, 56), "gray")  # 4 image tokens: the tasks here are text-only

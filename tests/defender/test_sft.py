@@ -14,6 +14,7 @@ from aot.defender.examples import world_examples
 from aot.defender.sft import (
     DefenderSFTConfig,
     DenseCollator,
+    DenseSFTTrainer,
     SFTExample,
     dense_readout,
     evaluate_loss,
@@ -93,6 +94,49 @@ def test_a_short_sft_lowers_validation_loss(tiny_defender_dir: Path, world, tmp_
     assert after < 0.7 * before  # measured: 6.01 -> 2.94 (the answer format is learned first)
     assert {"loss", "dense_loss"} <= set(log.columns)
     assert np.isfinite(log["loss"]).all()
+
+
+def test_the_dense_loss_reaches_the_vision_tower(
+    tiny_defender_dir: Path, world, tmp_path: Path
+) -> None:  # noqa: ANN001
+    """Regression: asking TRL's compute_loss for its outputs ran a second, no-grad forward that
+    replaced the tapped image tokens, so the dense loss trained nothing but the embedding."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    records, images, graphs = world
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    examples = world_examples(records.head(8), images, graphs, mode="word")
+    rows = [
+        {"images": [e.image], "messages": e.messages(), "dense": e.dense.reshape(-1).tolist()}
+        for e in examples
+    ]
+    collator = DenseCollator(processor=defender.processor, assistant_only_loss=True)
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        report_to="none",
+        use_cpu=True,
+        assistant_only_loss=True,
+        remove_unused_columns=False,
+        max_length=None,
+    )
+    trainer = DenseSFTTrainer(
+        model=defender.model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=defender.processor,
+        data_collator=collator,
+    )
+    visual = defender.model.model.visual
+    grads = []
+    for weight in (0.0, 1.0):
+        trainer.dense_weight = weight
+        defender.model.zero_grad()
+        trainer.compute_loss(defender.model, collator([dict(r) for r in rows])).backward()
+        assert trainer._tap.tokens.grad_fn is not None
+        grads.append(torch.cat([p.grad.flatten() for p in visual.parameters()]))
+    assert not torch.allclose(grads[0], grads[1])
 
 
 def test_lora_training_returns_a_plain_merged_model(

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from aot.rewards.answer import PromptMode, build_prompt, correct_first_reward
+from aot.rewards.answer import PromptMode, PromptStyle, correct_first_reward, make_prompt
 from aot.world import RECORD_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -73,10 +73,11 @@ def _answer(
     rows: Sequence[Mapping[str, Any]],
     settings: dict[str, Any],
     mode: PromptMode,
+    style: PromptStyle = "protocol",
 ) -> list[list[str]]:
     if not rows:
         return []
-    prompts = [build_prompt(r["question"], list(r["options"]), mode) for r in rows]
+    prompts = [make_prompt(r["question"], list(r["options"]), style, mode) for r in rows]
     return defender.generate(list(images), prompts, **settings)
 
 
@@ -94,11 +95,14 @@ def effectiveness(
     clean_min: float = 1.0,
     edited_max: float = 0.0,
     max_new_tokens: int = 16,
+    prompt_style: PromptStyle = "protocol",
 ) -> pd.DataFrame:
     """Per candidate pair (same index as ``records``): correct rates over ``k`` answers, the
     answers themselves and ``effective = clean_rate >= clean_min & edited_rate <= edited_max``.
 
     ``records`` needs ``record_id``, ``image`` and ``edited_image`` plus the question fields;
+    ``prompt_style`` must be the one the Defender was trained on (`short` for the tiny default's
+    base Defender, `protocol` for an instruction-tuned checkpoint).
     each clean record (``clean_record_id`` when present) is answered once, however many
     distractors it has.
     """
@@ -114,12 +118,22 @@ def effectiveness(
     clean_id = "clean_record_id" if "clean_record_id" in records.columns else "record_id"
     clean_rows = records.drop_duplicates(clean_id).to_dict("records")
     clean_answers = _answer(
-        defender, [_load(clean_images, r["image"]) for r in clean_rows], clean_rows, settings, mode
+        defender,
+        [_load(clean_images, r["image"]) for r in clean_rows],
+        clean_rows,
+        settings,
+        mode,
+        prompt_style,
     )
     by_record = {r[clean_id]: a for r, a in zip(clean_rows, clean_answers, strict=True)}
     rows = records.to_dict("records")
     edited_answers = _answer(
-        defender, [_load(edited_images, r["edited_image"]) for r in rows], rows, settings, mode
+        defender,
+        [_load(edited_images, r["edited_image"]) for r in rows],
+        rows,
+        settings,
+        mode,
+        prompt_style,
     )
     out = pd.DataFrame(index=records.index)
     out["clean_answers"] = [list(by_record[r[clean_id]]) for r in rows]

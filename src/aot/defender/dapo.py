@@ -40,10 +40,10 @@ from aot.defender.dynamic_sampling import (
     METRIC_PREFIX,
     DynamicSamplingGRPOTrainer,
 )
-from aot.defender.examples import PROMPT_STYLES, load_image, make_prompt
+from aot.defender.examples import load_image
 from aot.defender.model import Defender, user_content
 from aot.defender.sft import TimeBudget
-from aot.rewards import correct_first_reward
+from aot.rewards import PROMPT_STYLES, correct_first_reward, make_prompt
 
 logger = logging.getLogger(__name__)
 

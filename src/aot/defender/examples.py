@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from aot.defender.dense import dense_targets
 from aot.defender.sft import SFTExample
-from aot.rewards import build_prompt, target_completion
+from aot.rewards import PromptStyle, make_prompt, target_completion
 from aot.world import Edit, Scene, apply_edit
-
-PromptStyle = Literal["protocol", "short"]
-PROMPT_STYLES = ("protocol", "short")
-
-
-def short_prompt(question: str, options: Sequence[str]) -> str:
-    """The question and its options without the protocol's instructions (for pretraining only:
-    a third of the tokens, the same content)."""
-    return question + (f"\nOptions: {', '.join(options)}" if len(options) else "")
-
-
-def make_prompt(question: str, options: Sequence[str], style: PromptStyle, mode: str) -> str:
-    if style not in PROMPT_STYLES:
-        raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
-    if style == "short":
-        return short_prompt(question, options)
-    return build_prompt(question, options, mode=mode)
 
 
 def load_image(images: Mapping[str, Any], key: str) -> Any:

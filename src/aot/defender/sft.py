@@ -144,8 +144,11 @@ class DenseSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         targets = inputs.pop("dense_targets", None)
-        loss, outputs = super().compute_loss(
-            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        # Never ask TRL for the outputs here: with return_outputs=True it runs a second forward
+        # under no_grad, which costs a full pass and overwrites the tapped image tokens with
+        # detached ones, so the dense loss would stop reaching the vision tower.
+        loss = super().compute_loss(
+            model, inputs, return_outputs=False, num_items_in_batch=num_items_in_batch
         )
         if targets is not None and self.dense_weight > 0 and self._tap.tokens is not None:
             logits = self._lm_head(self._tap.tokens)[:, self._columns]
@@ -154,7 +157,10 @@ class DenseSFTTrainer(SFTTrainer):
             loss = loss + self.dense_weight * dense
             mode = "train" if model.training else "eval"
             self._metrics[mode]["dense_loss"].append(float(dense.detach()))
-        return (loss, outputs) if return_outputs else loss
+        if return_outputs:  # only the deprecated compute_metrics path asks; it gets TRL's outputs
+            with torch.no_grad():
+                return loss, model(**inputs)
+        return loss
 
 
 class TimeBudget(TrainerCallback):

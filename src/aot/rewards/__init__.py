@@ -3,6 +3,7 @@
 from aot.rewards.answer import (
     ACCURACY_WEIGHT,
     FORMAT_WEIGHT,
+    PROMPT_STYLES,
     STATUS_EXTRACTION_FAILURE,
     STATUS_INPUT_ERROR,
     STATUS_OK,
@@ -10,6 +11,7 @@ from aot.rewards.answer import (
     AnswerScore,
     Extraction,
     PromptMode,
+    PromptStyle,
     answer_kind,
     build_prompt,
     correct_first_reward,
@@ -18,11 +20,17 @@ from aot.rewards.answer import (
     extract_yes_no,
     format_options,
     is_correct,
+    make_prompt,
     score_batch,
+    short_prompt,
     target_completion,
 )
 
 __all__ = [
+    "PROMPT_STYLES",
+    "PromptStyle",
+    "make_prompt",
+    "short_prompt",
     "ACCURACY_WEIGHT",
     "FORMAT_WEIGHT",
     "STATUS_EXTRACTION_FAILURE",

@@ -144,6 +144,30 @@ def build_prompt(question: str, options: Sequence[str], mode: PromptMode = "lett
     return MCQ_HEADER + question + "\nOptions:\n" + format_options(options) + footer
 
 
+PromptStyle = Literal["protocol", "short"]
+PROMPT_STYLES: tuple[str, ...] = ("protocol", "short")
+
+
+def short_prompt(question: str, options: Sequence[str]) -> str:
+    """The question and its options without the protocol's instructions (the tiny Defender's
+    pretraining and filter prompts: a third of the tokens, the same content)."""
+    return question + (f"\nOptions: {', '.join(options)}" if len(options) else "")
+
+
+def make_prompt(
+    question: str,
+    options: Sequence[str],
+    style: PromptStyle = "protocol",
+    mode: PromptMode = "letter",
+) -> str:
+    """The prompt in `style`: `protocol` (the paper's, `build_prompt`) or `short`."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style must be one of {PROMPT_STYLES}, got {style!r}")
+    if style == "short":
+        return short_prompt(question, options)
+    return build_prompt(question, options, mode=mode)
+
+
 def target_completion(
     answer: str,
     answer_text: str | None = None,

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aot.defender.examples import load_image, make_prompt
-from aot.rewards import correct_first_reward
+from aot.defender.examples import load_image
+from aot.rewards import correct_first_reward, make_prompt
 
 
 def greedy_correct(

@@ -96,41 +96,66 @@ def pretrain_defender(
     images: dict[str, Any],
     pretrain: dict[str, Any],
     seed: int,
+    extended_scenes: pd.DataFrame | None = None,
+    extended_records: pd.DataFrame | None = None,
+    extended_images: dict[str, Any] | None = None,
 ) -> tuple[Defender | ModelFolder, pd.DataFrame, dict[str, Any]]:
     """Teaches a random-weight Defender the world; passes a real checkpoint through unchanged.
 
-    Returns the Defender, the training log and per-family accuracy on the validation split.
+    It learns from the clean training scenes at both scales it will meet: the small source scenes
+    (`data.repeats` conversations each) and their extended, busier versions that the filter, the
+    rounds and the evaluation use (`data.extended_repeats`; 0 leaves them out). Returns the
+    Defender, the training log and per-family accuracy on the validation split of each scale.
     """
     if not pretrain.get("enabled", True) or isinstance(defender, ModelFolder):
         logger.info("Defender pretraining disabled; the base Defender is the initial one")
         return defender, pd.DataFrame({"step": [], "loss": []}), {"pretrained": False}
     config = DefenderSFTConfig.from_dict(pretrain.get("trainer"), prefix="pretrain.trainer")
     data = pretrain.get("data", {})
-    train = records[records["split"] == "train"]
-    examples = world_examples(
-        train,
-        images,
-        graphs_from_table(scenes),
-        mode=pretrain.get("answer_mode", "word"),
-        style=data.get("prompt_style", "short"),
-        turns=int(data.get("turns", 3)),
-        repeats=int(data.get("repeats", 3)),
-        seed=seed,
-    )
-    logger.info(
-        "Pretraining the Defender on %d conversations about %d scenes",
-        len(examples),
-        train["image"].nunique(),
-    )
+    mode = pretrain.get("answer_mode", "word")
+    style = data.get("prompt_style", "short")
+    sets = {"source": (scenes, records, images, int(data.get("repeats", 3)))}
+    extended_repeats = int(data.get("extended_repeats", 0))
+    if extended_repeats > 0:
+        if extended_scenes is None or extended_records is None or extended_images is None:
+            raise ValueError(
+                "pretrain.data.extended_repeats > 0 needs the extended scenes "
+                "(run `kedro run --pipelines bootstrap_dataset --tags source_data` first)"
+            )
+        sets["extended"] = (extended_scenes, extended_records, extended_images, extended_repeats)
+    examples = []
+    for name, (scene_table, table, pictures, repeats) in sets.items():
+        train = table[table["split"] == "train"]
+        part = world_examples(
+            train,
+            pictures,
+            graphs_from_table(scene_table),
+            mode=mode,
+            style=style,
+            turns=int(data.get("turns", 1)),
+            repeats=repeats,
+            seed=seed,
+        )
+        logger.info(
+            "Pretraining data: %d conversations about %d %s scenes",
+            len(part),
+            train["image"].nunique(),
+            name,
+        )
+        examples.extend(part)
     with tempfile.TemporaryDirectory(prefix="aot-pretrain-") as tmp:
         trained, log = train_defender_sft(defender, examples, config, tmp)
     evaluation = {
         "split": "val",
-        "answer_mode": pretrain.get("answer_mode", "word"),
-        "max_records": pretrain.get("eval_records", 400),
+        "answer_mode": mode,
+        "max_per_family": pretrain.get("eval_per_family", 100),
         "batch_size": 64,
-        "prompt_style": data.get("prompt_style", "short"),
+        "prompt_style": style,
     }
     metrics = summarize_clean(answer_records(trained, records, images, evaluation))
+    if "extended" in sets:
+        metrics["extended"] = summarize_clean(
+            answer_records(trained, extended_records, extended_images, evaluation)
+        )
     metrics["pretrained"] = True
     return trained, log, metrics

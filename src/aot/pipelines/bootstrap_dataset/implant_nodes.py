@@ -90,6 +90,7 @@ def filter_effective(
         clean_min=float(filter_params.get("clean_min", 1.0)),
         edited_max=float(filter_params.get("edited_max", 0.0)),
         max_new_tokens=int(filter_params.get("max_new_tokens", 12)),
+        prompt_style=filter_params.get("prompt_style", "protocol"),
     )
     scored = build_pairs(candidates, effect)
     pairs = scored[scored["effective"]].reset_index(drop=True)

@@ -109,7 +109,7 @@ def warm_up_defender(
     evaluation = {
         "split": "val",
         "answer_mode": mode,
-        "max_records": sft.get("eval_records", 400),
+        "max_per_family": sft.get("eval_per_family", 100),
         "batch_size": 64,
     }
     metrics = summarize_clean(answer_records(trained, records, images, evaluation))
@@ -214,6 +214,7 @@ def evaluate_cold_attacker(
         batch_size=32,
         seed=seed,
         max_new_tokens=12,
+        prompt_style=evaluation.get("prompt_style", "protocol"),
     )
     return {
         "procedural": quality,
