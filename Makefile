@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 ENV ?= base
 PYTEST_ARGS ?=
+SEEDS ?= 42 43 44
 
 # Offline and no telemetry, for every target.
 export DO_NOT_TRACK := 1
@@ -18,7 +19,7 @@ export TOKENIZERS_PARALLELISM := false
 # torch's OpenMP threads spin-wait by default; with anything else running that is ~12x slower (stack.md G10).
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install run test lint format viz clean-data
+.PHONY: install run test seeds lint format viz clean-data
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,13 +38,18 @@ run: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The default pipeline once per seed, each into <data_root>/seeds/seed_N/, then mean, std, min
+# and max of the key metrics in <data_root>/08_reporting/seeds/summary.{csv,md} (README "Seeds").
+seeds: install
+	$(PY) -m aot.evaluation.seeds run --env $(ENV) --seeds $(SEEDS)
+
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks notebooks
+	$(VENV)/bin/ruff format --check src tests benchmarks notebooks
 
 format: install
-	$(VENV)/bin/ruff check --fix src tests benchmarks
-	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks notebooks
+	$(VENV)/bin/ruff format src tests benchmarks notebooks
 
 viz: install
 	$(VENV)/bin/kedro viz run --env $(ENV)

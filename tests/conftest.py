@@ -16,6 +16,8 @@ for _var, _value in (
     os.environ.setdefault(_var, _value)
 
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -46,16 +48,61 @@ def tiny_defender_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def project_copy(tmp_path: Path) -> Path:
-    """A copy of the project's configuration in a temporary folder, so runs never touch data/."""
+def _copy_project(dest: Path) -> Path:
+    """The project's configuration copied into ``dest``, so runs there never touch data/."""
     for name in ("conf", "pyproject.toml", ".telemetry"):
         src = PROJECT_ROOT / name
         if src.is_dir():
-            shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("local"))
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("local"))
         else:
-            shutil.copy(src, tmp_path / name)
-    (tmp_path / "conf" / "local").mkdir(exist_ok=True)
-    (tmp_path / "src").mkdir()  # kedro wants it; `aot` itself is imported from the editable install
-    (tmp_path / "data").mkdir()
-    return tmp_path
+            shutil.copy(src, dest / name)
+    (dest / "conf" / "local").mkdir(exist_ok=True)
+    (dest / "src").mkdir()  # kedro wants it; `aot` itself is imported from the editable install
+    (dest / "data").mkdir()
+    return dest
+
+
+def _kedro_in(cwd: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    kedro = str(Path(sys.executable).with_name("kedro"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    return subprocess.run(
+        [kedro, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> Path:
+    """A copy of the project's configuration in a temporary folder, so runs never touch data/."""
+    return _copy_project(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def smoke_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy on which `kedro run --env smoke` has finished (about a minute and a half),
+    shared by every test that only reads the smoke run's outputs (under ``data/smoke/``)."""
+    root = _copy_project(tmp_path_factory.mktemp("smoke_project"))
+    result = _kedro_in(root, "run", "--env", "smoke")
+    if result.returncode != 0:
+        pytest.fail(
+            "`kedro run --env smoke` failed:\n" + result.stdout[-3000:] + result.stderr[-3000:]
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def viz_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy with the static Kedro-Viz site built by `kedro viz build` in ``build/``."""
+    root = _copy_project(tmp_path_factory.mktemp("viz_project"))
+    result = _kedro_in(root, "viz", "build", timeout=600)
+    if result.returncode != 0:
+        pytest.fail("`kedro viz build` failed:\n" + result.stdout[-2000:] + result.stderr[-2000:])
+    return root
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests leave files for people to look at (screenshots, executed notebooks):
+    ``$AOT_TEST_ARTIFACTS`` or ``build/test-artifacts/`` (git-ignored)."""
+    path = Path(os.environ.get("AOT_TEST_ARTIFACTS", PROJECT_ROOT / "build" / "test-artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

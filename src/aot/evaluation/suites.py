@@ -76,6 +76,21 @@ def flatten_metrics(nested: Mapping[str, Any], prefix: str = "") -> dict[str, in
     return dict(sorted(flat.items()))
 
 
+def as_flat(metrics: Mapping[str, Any]) -> dict[str, int | float]:
+    """``metrics`` with flat ``a/b/c`` keys, whether it came nested, flat (a metrics.json) or
+    mixed; flat keys are kept as they are (``flatten_metrics`` alone would sanitise their ``/``).
+    """
+    flat: dict[str, int | float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, prefix=str(key)))
+            continue
+        number = plain_number(value)
+        if number is not None:
+            flat[str(key)] = number
+    return dict(sorted(flat.items()))
+
+
 def collect(value: Any, path: list[str], flat: dict[str, int | float]) -> None:
     """Depth-first walk of ``value`` writing numeric leaves into ``flat``."""
     if isinstance(value, Mapping):
@@ -120,6 +135,6 @@ def aggregate_seeds(metrics_by_seed: Mapping[Any, Mapping[str, Any]]) -> dict[st
     over the seeds that have it. ``flatten_metrics`` of the result gives keys ending in
     ``/mean``, ``/std`` and ``/n``.
     """
-    flat_by_seed = [flatten_metrics(m) for m in metrics_by_seed.values()]
+    flat_by_seed = [as_flat(m) for m in metrics_by_seed.values()]
     keys = sorted({k for flat in flat_by_seed for k in flat})
     return unflatten({k: mean_and_spread([f[k] for f in flat_by_seed if k in f]) for k in keys})

@@ -4,7 +4,12 @@ POPE-style existence) answered by the base Defender and by each round's Defender
 from kedro.pipeline import Node, Pipeline
 
 from aot.pipelines import bind
-from aot.pipelines.evaluation.nodes import answer_records, summarize_clean
+from aot.pipelines.evaluation.nodes import (
+    answer_records,
+    plot_robustness_by_round,
+    robustness_by_round,
+    summarize_clean,
+)
 from aot.pipelines.evaluation.suite_nodes import answer_suites, build_suites, report_evaluation
 from aot.pipelines.selfplay.schedule import load_rounds
 
@@ -64,4 +69,18 @@ def create_pipeline(rounds: list[str] | None = None, **kwargs) -> Pipeline:  # n
             name="report_evaluation",
         )
     )
+    nodes += [
+        Node(
+            bind(robustness_by_round, model_names=tuple(defenders)),
+            [f"evaluation_predictions_{name}" for name in defenders],
+            "evaluation_robustness_by_round",
+            name="robustness_by_round",
+        ),
+        Node(
+            plot_robustness_by_round,
+            "evaluation_robustness_by_round",
+            "evaluation_robustness_by_round_plot",
+            name="plot_robustness_by_round",
+        ),
+    ]
     return Pipeline(nodes, tags="evaluation")
