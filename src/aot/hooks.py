@@ -1,9 +1,11 @@
-"""Project hooks: global seeding, and a clear stop when a pipeline's inputs were never produced."""
+"""Project hooks: parameter and data checks before any work, global seeding, and a clear stop
+when a pipeline's inputs were never produced. The checks themselves live in `aot.validation`."""
 
 from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
@@ -15,6 +17,107 @@ logger = logging.getLogger(__name__)
 
 class MissingUpstreamError(RuntimeError):
     """A pipeline was asked to run before the pipeline that produces its inputs."""
+
+
+class ParameterValidationHook:
+    """Checks the parameters the selected pipelines read, and the catalog paths they use, before
+    any other hook or node runs (`tryfirst`): every problem in one error, each line naming the
+    dotted key and its parameters file (`aot.validation.validate_parameters`)."""
+
+    def __init__(self) -> None:
+        self._config: tuple[str, str | None, str | None] | None = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        """Where this run's configuration lives (`--conf-source` and `--env` included)."""
+        loader = context.config_loader
+        conf_source = getattr(loader, "conf_source", None)
+        if conf_source:
+            env = getattr(loader, "env", None) or getattr(loader, "default_run_env", None)
+            self._config = (str(conf_source), getattr(loader, "base_env", None), env)
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
+    ) -> None:
+        from kedro.framework.project import settings
+
+        from aot.validation import (
+            ParameterError,
+            ParameterSources,
+            catalog_path_errors,
+            sections_of,
+            validate_parameters,
+        )
+
+        root = Path(run_params.get("project_path") or Path.cwd())
+        loader_args = getattr(settings, "CONFIG_LOADER_ARGS", {}) or {}
+        conf_source, base_env, env = self._config or (
+            str(root / getattr(settings, "CONF_SOURCE", "conf")),
+            loader_args.get("base_env"),
+            run_params.get("env") or loader_args.get("default_run_env"),
+        )
+        sources = ParameterSources.scan(
+            Path(conf_source),
+            [base_env or "base", env],
+            root=root,
+            runtime_params=run_params.get("runtime_params"),
+        )
+        # Through the dataset, not `catalog.load`, so the log shows no "Loading data" before
+        # the run starts.
+        dataset = catalog.get("parameters") if "parameters" in catalog else None
+        params = dataset.load() if dataset is not None else {}
+        errors = validate_parameters(
+            params, sections=sections_of(pipeline.inputs()), root=root, sources=sources
+        )
+        errors += catalog_path_errors(_catalog_paths(pipeline, catalog), root)
+        if errors:
+            raise ParameterError(errors)
+
+
+def _catalog_paths(pipeline: Pipeline, catalog: DataCatalog) -> dict[str, str]:
+    paths = {}
+    for name in sorted(pipeline.datasets()):
+        if name.startswith("params:") or name == "parameters" or name not in catalog:
+            continue
+        path = _dataset_path(catalog.get(name))
+        if path is not None:
+            paths[name] = path
+    return paths
+
+
+# Record tables checked before the first node that reads them, with the images they reference.
+RECORD_TABLES = {"source_records": "source_images", "extended_records": "extended_images"}
+
+
+class RecordValidationHook:
+    """Before the first node of a run that reads a record table (`RECORD_TABLES`), checks it
+    against the record schema and the images it references, every one of which must decode
+    (`aot.validation.check_record_table`): a truncated PNG, an empty table, a record missing a
+    field or a box outside its image stops the run before the node starts, naming the record
+    and the file."""
+
+    def __init__(self) -> None:
+        self._checked: set[tuple[str, str]] = set()
+
+    @hook_impl
+    def before_node_run(
+        self, node: Any, catalog: DataCatalog, inputs: dict[str, Any], run_id: str | None = None
+    ) -> None:
+        from aot.validation import check_record_table
+
+        for name, images_name in RECORD_TABLES.items():
+            if name not in inputs or (str(run_id), name) in self._checked:
+                continue
+            images = inputs.get(images_name)
+            if images is None and images_name in catalog:
+                dataset = catalog.get(images_name)
+                if dataset is not None and dataset.exists():
+                    images = dataset.load()  # a listing of lazy loaders, nothing decoded
+            where = _dataset_path(catalog.get(name)) if name in catalog else None
+            what = f"{name} ({where})" if where else name
+            check_record_table(inputs[name], what, images)
+            self._checked.add((str(run_id), name))
 
 
 class SeedHook:
@@ -97,9 +200,13 @@ class MissingInputsHook:
             )
 
 
-def _describe_path(dataset: Any) -> str:
+def _dataset_path(dataset: Any) -> str | None:
     for attr in ("_filepath", "_path", "path", "filepath"):
         value = getattr(dataset, attr, None)
         if value is not None:
             return str(value)
-    return type(dataset).__name__
+    return None
+
+
+def _describe_path(dataset: Any) -> str:
+    return _dataset_path(dataset) or type(dataset).__name__

@@ -6,7 +6,12 @@ Parameters are soft-merged so an environment (``smoke``, ``paper``) overrides si
 
 import os
 
-from aot.hooks import MissingInputsHook, SeedHook
+from aot.hooks import (
+    MissingInputsHook,
+    ParameterValidationHook,
+    RecordValidationHook,
+    SeedHook,
+)
 
 # Offline and quiet by default, also when `kedro` is called directly rather than through make.
 for _var, _value in (
@@ -19,7 +24,10 @@ for _var, _value in (
 ):
     os.environ.setdefault(_var, _value)
 
-HOOKS = (SeedHook(), MissingInputsHook())
+# ParameterValidationHook runs first (`tryfirst`): a bad parameter stops the run before the seed,
+# the missing-input check or any model load. RecordValidationHook checks the record tables and
+# their images before the first node that reads them.
+HOOKS = (ParameterValidationHook(), RecordValidationHook(), SeedHook(), MissingInputsHook())
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-viz",)
 
 CONFIG_LOADER_ARGS = {

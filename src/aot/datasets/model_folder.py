@@ -11,6 +11,7 @@ the next load or save.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -21,6 +22,8 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 from kedro.utils import load_obj
+
+from aot.validation import pickle_only_weights
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,16 @@ class ModelFolder:
     def save_pretrained(self, target: str | os.PathLike) -> None:
         """Copies the folder, so a `ModelFolder` can be saved like a model."""
         shutil.copytree(self.path, target, dirs_exist_ok=True)
+
+
+def _takes_use_safetensors(loader: Any) -> bool:
+    """Whether a `from_pretrained` accepts `use_safetensors` (transformers and diffusers do;
+    `aot.defender.Defender.from_pretrained` sets it itself and takes no such argument)."""
+    try:
+        parameters = inspect.signature(loader).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "use_safetensors" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def _backup(path: Path) -> Path:
@@ -95,8 +108,10 @@ class ModelFolderDataset(AbstractDataset[Any, Any]):
           lazy: false                            # true: load returns a ModelFolder reference
           external: copy                         # saving a ModelFolder from elsewhere: copy | link
 
-    Loading only reads safetensors weights (`use_safetensors=True` is passed to loaders that
-    take it) and never sets `trust_remote_code`.
+    Loading only reads safetensors weights: a folder whose weights exist only as pickles
+    (`pytorch_model.bin`, `diffusion_pytorch_model.bin`, ...) is refused before any loader runs,
+    and `use_safetensors=True` is passed to loaders that take it. `trust_remote_code` is
+    refused in `load_args`.
     """
 
     def __init__(
@@ -118,6 +133,11 @@ class ModelFolderDataset(AbstractDataset[Any, Any]):
         self._load_args = dict(load_args or {})
         if self._load_args.get("trust_remote_code"):
             raise DatasetError(f"ModelFolderDataset({path}): trust_remote_code is never allowed")
+        if self._load_args.get("use_safetensors", True) is not True:
+            raise DatasetError(
+                f"ModelFolderDataset({path}): use_safetensors must stay true (pickled weights "
+                "can run code when loaded)"
+            )
         self._lazy = lazy
         self._external = external
         self.metadata = metadata
@@ -133,11 +153,24 @@ class ModelFolderDataset(AbstractDataset[Any, Any]):
                 f"Model folder '{self._path}' does not exist or holds no "
                 f"{' / '.join(_MARKERS)}; run the pipeline that produces it first."
             )
+        pickled = pickle_only_weights(self._path)
+        if pickled:
+            names = ", ".join(p.relative_to(self._path).as_posix() for p in pickled[:3])
+            raise DatasetError(
+                f"Model folder '{self._path}' holds weights only as pickle files ({names}); "
+                "only .safetensors weights are loaded (unpickling can run code). Re-save it "
+                "with save_pretrained(..., safe_serialization=True)."
+            )
         if self._lazy:
             return ModelFolder(self._path.resolve())
         cls = load_obj(self._loader)
         logger.info("Loading %s from %s", self._loader, self._path)
-        return cls.from_pretrained(str(self._path), **self._load_args)
+        load_args = dict(self._load_args)
+        if _takes_use_safetensors(cls.from_pretrained):
+            load_args["use_safetensors"] = True
+        else:  # the loader enforces it itself (Defender.from_pretrained)
+            load_args.pop("use_safetensors", None)
+        return cls.from_pretrained(str(self._path), **load_args)
 
     def save(self, data: Any) -> None:
         if isinstance(data, ModelFolder) and self._external == "link":
