@@ -142,6 +142,10 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     planner = EditPlanner(config)
     _randomise(planner, 2)
     planner.save(tmp_path / "planner")
+    assert sorted(p.name for p in (tmp_path / "planner").iterdir()) == [
+        "planner.json",
+        "planner.safetensors",
+    ]  # weights as safetensors, never a pickle
     loaded = EditPlanner.load(tmp_path / "planner")
     actions, lp, _ = planner([space] * 4, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(loaded([space] * 4, actions=actions)[1], lp)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from aot.attacker.prompts import N_OBJECT_CLASSES, REMOVE_CLASS, class_to_edit, object_class
@@ -501,17 +502,25 @@ class EditPlanner(nn.Module):
         ]
 
     def save(self, path: str | Path) -> None:
-        """``planner.json`` (config) and ``planner.pt`` (state dict) in a folder."""
+        """``planner.json`` (config) and ``planner.safetensors`` (weights) in a folder."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / "planner.json").write_text(json.dumps(self.config.to_dict()))
-        torch.save(self.state_dict(), path / "planner.pt")
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(path / "planner.safetensors"))
+        (path / "planner.pt").unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path) -> EditPlanner:
         path = Path(path)
         planner = cls(PlannerConfig.from_dict(json.loads((path / "planner.json").read_text())))
-        planner.load_state_dict(torch.load(path / "planner.pt", weights_only=True))
+        weights = path / "planner.safetensors"
+        if weights.exists():
+            planner.load_state_dict(load_file(str(weights)))
+        elif (path / "planner.pt").exists():  # folders saved before safetensors: tensors only
+            planner.load_state_dict(torch.load(path / "planner.pt", weights_only=True))
+        else:
+            raise FileNotFoundError(f"planner folder '{path}' has no planner.safetensors")
         return planner
 
 
