@@ -295,9 +295,10 @@ def catalog_path_errors(paths: Mapping[str, Any], root: str | os.PathLike) -> li
 # ------------------------------------------------------------------------- model folders
 
 # Pickle formats of model weights that `from_pretrained` would unpickle. `*.pt` files are not
-# model weights of a saved folder here: the Attacker's `planner/planner.pt` is loaded with
-# `torch.load(weights_only=True)`, which refuses arbitrary objects (resumable trainer states are
-# a run's own checkpoints under `checkpoint_root`, never loaded through a model folder).
+# model weights of a saved folder here: the Attacker's planner is saved as
+# `planner/planner.safetensors` (a legacy `planner.pt` is read with `torch.load(weights_only=True)`,
+# which refuses arbitrary objects); resumable trainer states are a run's own checkpoints under
+# `checkpoint_root`, never loaded through a model folder.
 PICKLE_WEIGHTS = (".bin", ".ckpt", ".pkl", ".pickle")
 NOT_WEIGHTS = ("training_args.bin",)
 
