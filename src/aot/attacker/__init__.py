@@ -6,7 +6,8 @@ A 7-channel class-conditioned ``UNet2DModel`` works on a crop around the edit bo
 scores edits against the world's exact filler, and ``editing`` / ``sde`` hold the tensor-level
 functions the Flow-GRPO trainer builds on. ``flow_sampler`` (the ``FlowEditor`` interface and the
 log-prob sampler), ``planner`` (where / how / what to edit) and ``flow_grpo`` (the RL loop on the
-integrity x efficacy reward of ``aot.rewards.attack``) are the Flow-GRPO stage.
+integrity x efficacy reward of ``aot.rewards.attack``) are the Flow-GRPO stage; ``qwen_edit``
+plugs Qwen-Image-Edit (the paper's Attacker) into it.
 """
 
 from aot.attacker.cold_start import ColdStartConfig, draw_batch, train_cold_start
@@ -47,6 +48,11 @@ from aot.attacker.prompts import (
     prompt_to_class,
 )
 from aot.attacker.quality import box_mse, colour_match, edit_quality, run_edits, shape_match
+from aot.attacker.qwen_edit import (
+    QWEN_IMAGE_LORA_TARGETS,
+    build_tiny_qwen_image_edit,
+    is_qwen_image_edit,
+)
 from aot.attacker.sde import SampleTrace, flow_sde_step
 
 __all__ = [
@@ -67,11 +73,13 @@ __all__ = [
     "FlowGRPOConfig",
     "FlowGRPOTrainer",
     "PlannerConfig",
+    "QWEN_IMAGE_LORA_TARGETS",
     "QwenImageEditEditor",
     "SampleTrace",
     "UNetCropEditor",
     "box_mse",
     "build_box_edit_pipeline",
+    "build_tiny_qwen_image_edit",
     "build_unet",
     "class_prompt",
     "class_to_edit",
@@ -81,6 +89,7 @@ __all__ = [
     "edit_quality",
     "flow_matching_loss",
     "flow_sde_step",
+    "is_qwen_image_edit",
     "iter_edit_examples",
     "make_edit_pairs",
     "model_to_uint8",

@@ -91,45 +91,60 @@ class UNetCropEditor:
 class QwenEditConditioning:
     """Conditioning of ``QwenImageEditPipeline``'s transformer: packed latents of the image to
     edit (B, L, C), the prompt embeddings (B, T, D) and mask (B, T), and the per-item image
-    shapes the pipeline passes as ``img_shapes``."""
+    shapes the pipeline passes as ``img_shapes``. ``mask`` (B, L, 1), when set, marks the
+    latent tokens the edit may change (the edit box; ``aot.attacker.qwen_edit``): the sampler
+    holds the others at the source and log-probs average over the marked tokens only."""
 
     image_latents: torch.Tensor
     prompt_embeds: torch.Tensor
     prompt_embeds_mask: torch.Tensor | None
     img_shapes: list[Any]
+    mask: torch.Tensor | None = None
 
     def select(self, idx: torch.Tensor) -> QwenEditConditioning:
         ids = [int(i) for i in idx]
-        mask = None if self.prompt_embeds_mask is None else self.prompt_embeds_mask[idx]
+        text_mask = None if self.prompt_embeds_mask is None else self.prompt_embeds_mask[idx]
         return QwenEditConditioning(
             self.image_latents[idx],
             self.prompt_embeds[idx],
-            mask,
+            text_mask,
             [self.img_shapes[i] for i in ids],
+            None if self.mask is None else self.mask[idx],
         )
+
+    def __len__(self) -> int:
+        return int(self.image_latents.shape[0])
 
 
 class QwenImageEditEditor:
     """``QwenImageEditPipeline``'s denoiser step as a ``FlowEditor``: the noisy packed latents
     are concatenated with the image latents along the sequence, the transformer is called with
     ``timestep / 1000`` and the prediction for the noisy part is the velocity (as in the
-    pipeline's denoising loop, diffusers 0.42; true CFG is not applied)."""
+    pipeline's denoising loop, diffusers 0.42; true CFG is not applied). Inputs are cast to the
+    transformer's dtype (bf16 at paper scale) and the velocity back to the state's, so the SDE
+    and its log-probs can stay in float32."""
 
     def __init__(self, transformer: torch.nn.Module) -> None:
         self.transformer = transformer
 
+    def _dtype(self) -> torch.dtype:
+        module = getattr(self.transformer, "module", self.transformer)  # DDP wraps in .module
+        dtype = getattr(module, "dtype", None)
+        return dtype if isinstance(dtype, torch.dtype) else next(module.parameters()).dtype
+
     def velocity(
         self, x: torch.Tensor, timestep: torch.Tensor, cond: QwenEditConditioning
     ) -> torch.Tensor:
+        dtype = self._dtype()
         out = self.transformer(
-            hidden_states=torch.cat([x, cond.image_latents.to(x)], dim=1),
-            timestep=timestep.to(x.dtype) / 1000,
-            encoder_hidden_states=cond.prompt_embeds.to(x),
+            hidden_states=torch.cat([x, cond.image_latents.to(x)], dim=1).to(dtype),
+            timestep=(timestep.to(x.dtype) / 1000).to(dtype),
+            encoder_hidden_states=cond.prompt_embeds.to(x.device, dtype),
             encoder_hidden_states_mask=cond.prompt_embeds_mask,
             img_shapes=cond.img_shapes,
             return_dict=False,
         )[0]
-        return out[:, : x.shape[1]]
+        return out[:, : x.shape[1]].to(x.dtype)
 
 
 def _known(known: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -269,6 +270,13 @@ class CorrectFirstReward:
 # ------------------------------------------------------------------------------- trainer
 
 
+def _num_processes() -> int:
+    """Processes of this run (`accelerate launch` sets them; 1 otherwise)."""
+    from accelerate import PartialState
+
+    return PartialState().num_processes
+
+
 def _as_defender(defender: Defender | str | os.PathLike) -> Defender:
     if isinstance(defender, Defender):
         return defender
@@ -289,10 +297,12 @@ def build_dapo_trainer(
     `reward_funcs` defaults to the correct-first reward in `config.answer_mode`; tests pass
     scripted ones.
     """
-    if len(dataset) < config.groups_per_step:
+    processes = _num_processes()
+    if len(dataset) < config.groups_per_step * processes:
         raise ValueError(
             f"dapo: {len(dataset)} prompts cannot fill one batch of "
             f"groups_per_step={config.groups_per_step} groups"
+            + (f" on each of {processes} processes" if processes > 1 else "")
         )
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -389,7 +399,7 @@ def train_defender_dapo(
     *,
     reward_funcs: Sequence[Any] | None = None,
     callbacks: Sequence[TrainerCallback] = (),
-) -> tuple[Defender, pd.DataFrame]:
+) -> tuple[Defender | None, pd.DataFrame]:
     """Trains `defender` with DAPO on `records`; returns the trained Defender and per-step metrics.
 
     `records` needs the columns image, question, options, answer and answer_text (record_id and
@@ -397,6 +407,11 @@ def train_defender_dapo(
     returning one. A checkpoint is written every `save_steps` into `<output_dir>/checkpoints`;
     when one exists (and `resume` is on) training resumes from it with its optimizer, scheduler
     and RNG states. The final model is saved atomically as `<output_dir>/defender`.
+
+    Under `accelerate launch` (`aot.distributed`) every process runs this: TRL's trainer
+    splits each step's prompts over the processes (`groups_per_step` informative groups per
+    process) and averages the gradients; only the main process writes the final folder (see
+    `_save_final`; with a sharded model only the main process gets the Defender back).
     """
     config = (
         params if isinstance(params, DefenderDAPOConfig) else DefenderDAPOConfig.from_dict(params)
@@ -427,12 +442,54 @@ def train_defender_dapo(
             trainer.state.global_step,
             time.perf_counter() - start,
         )
-    model = trainer.model
-    if config.lora:
-        model = model.merge_and_unload()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    trained = Defender(model.eval(), defender.processor)
-    with atomic_folder(output_dir / FINAL_MODEL) as tmp:
-        trained.save_pretrained(tmp)
+    trained = _save_final(trainer, defender, config, output_dir / FINAL_MODEL)
     return trained, step_metrics(trainer.state.log_history)
+
+
+def _save_final(
+    trainer: DynamicSamplingGRPOTrainer,
+    defender: Defender,
+    config: DefenderDAPOConfig,
+    final: Path,
+) -> Defender | None:
+    """Saves the trained Defender atomically as a plain folder (LoRA merged), from the main
+    process only, and returns it.
+
+    Replicated models (one process, DDP) are merged and saved from memory; every process
+    returns the same Defender. A sharded model (FSDP, DeepSpeed ZeRO-3) is gathered through
+    `trainer.save_model` (every process takes part; use `fsdp_state_dict_type:
+    FULL_STATE_DICT`), reloaded on the main process, merged and saved; the main process returns
+    it and the others return None.
+    """
+    from accelerate.utils import DistributedType
+
+    acc = trainer.accelerator
+    sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    if not sharded:
+        model = acc.unwrap_model(trainer.model)
+        if config.lora:
+            model = model.merge_and_unload()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        trained = Defender(model.eval(), defender.processor)
+        if acc.is_main_process:
+            with atomic_folder(final) as tmp:
+                trained.save_pretrained(tmp)
+        acc.wait_for_everyone()
+        return trained
+    staging = final.with_name(final.name + ".gathered")
+    if acc.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    acc.wait_for_everyone()
+    trainer.save_model(str(staging))  # collective: gathers the shards, the main process writes
+    trained = None
+    if acc.is_main_process:
+        defender.processor.save_pretrained(staging)
+        gathered = Defender.from_pretrained(staging)  # an adapter folder loads on its base
+        model = gathered.model.merge_and_unload() if config.lora else gathered.model
+        trained = Defender(model.eval(), gathered.processor)
+        with atomic_folder(final) as tmp:
+            trained.save_pretrained(tmp)
+        shutil.rmtree(staging, ignore_errors=True)
+    acc.wait_for_everyone()
+    return trained

@@ -21,6 +21,17 @@ AdamW's momentum does not move the weights either).
 
 Advantages stay TRL's, computed within each round; with `scale_rewards="group"` (the DAPO/GRPO
 setting) a group's advantages depend on that group alone, so merging rounds changes nothing.
+
+Several processes (`accelerate launch`, `aot.distributed`): each process fills its own batch of
+`groups_per_step` groups from its own prompts, and all processes roll out in lockstep (TRL's
+rollout gathers rewards across processes, and sharded models generate collectively). TRL hands
+every process the rewards of all processes, so every process knows every process's batch and
+they all stop after the same round: when every batch is full or after `max_tries` rounds.
+Refills draw `groups_per_step` fresh prompts per process from one shared, seeded permutation
+(prompts drawn anywhere in this step are skipped), so processes never share a prompt. A process
+left without any informative group trains on a zero-weight batch (its backward still takes part
+in the gradient all-reduce); the update is skipped only when no process has one. The loss
+normaliser (`num_items_in_batch`) counts the kept tokens of all processes, as TRL's does.
 """
 
 from __future__ import annotations
@@ -230,7 +241,7 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
     drawn in this step (known by the `dataset_index` column when the dataset has one), with a
     generator seeded by (`sampling_seed`, global step, round) so a resumed run draws the same
     prompts. Rounds stop as soon as the batch is full; extra informative groups are dropped.
-    Only single-process training is supported with dynamic sampling on.
+    With several processes `groups_per_step` is per process (see the module doc).
     """
 
     def __init__(
@@ -252,13 +263,12 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
         self.sampling_seed = sampling_seed
         self.dynamic_sampling = dynamic_sampling
         self._last_rewards_per_func: torch.Tensor | None = None
-        if dynamic_sampling and self.accelerator.num_processes > 1:
-            raise NotImplementedError("dynamic sampling is implemented for one process only")
-        expected = groups_per_step * self.num_generations
+        processes = self.accelerator.num_processes
+        expected = groups_per_step * self.num_generations * processes
         if self.args.generation_batch_size != expected:
             raise ValueError(
                 f"generation batch of {self.args.generation_batch_size} rollouts, expected "
-                f"groups_per_step x num_generations = {expected}"
+                f"groups_per_step x num_generations x processes = {expected}"
             )
 
     def _get_train_sampler(self, dataset: Any = None) -> EpochSeededRepeatSampler:
@@ -280,6 +290,8 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _last_rewards(self) -> np.ndarray:
+        """Rewards of the last round's rollouts of every process, process by process (TRL
+        gathers them before computing advantages)."""
         per_func = self._last_rewards_per_func
         assert per_func is not None
         weights = self.reward_weights.to(per_func.device)
@@ -288,57 +300,105 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
         return rewards.float().cpu().numpy()
 
     def _refill_inputs(self, round_index: int, used: set[int]) -> list[dict[str, Any]]:
-        """`groups_per_step` prompts not yet drawn this step (repeats only once all were)."""
+        """`groups_per_step` prompts not yet drawn this step (repeats only once all were).
+
+        The draw is the same on every process (same seed, same `used`): `groups_per_step`
+        prompts per process, this process takes its own share."""
         dataset = self.train_dataset
         rng = np.random.default_rng([self.sampling_seed, int(self.state.global_step), round_index])
-        size = self.groups_per_step
+        processes = self.accelerator.num_processes
+        size = self.groups_per_step * processes
         fresh = np.array(sorted(set(range(len(dataset))) - used), dtype=np.int64)
         indices = rng.permutation(fresh)[:size].tolist()
         if len(indices) < size:
             indices += rng.choice(len(dataset), size=size - len(indices)).tolist()
         used.update(indices)
-        rows = [dataset[int(i)] for i in indices]
+        start = self.accelerator.process_index * self.groups_per_step
+        rows = [dataset[int(i)] for i in indices[start : start + self.groups_per_step]]
         return [dict(row) for row in rows for _ in range(self.num_generations)]
+
+    def _used_indices(self, inputs: list[dict[str, Any]]) -> set[int]:
+        """Dataset indices of the prompts every process drew for this step."""
+        local = sorted({int(x[INDEX_COLUMN]) for x in inputs if INDEX_COLUMN in x})
+        if self.accelerator.num_processes == 1:
+            return set(local)
+        from accelerate.utils import gather_object
+
+        return {int(i) for i in gather_object(local)}
+
+    def _global_items(self, mask: torch.Tensor) -> torch.Tensor:
+        """Loss tokens of the batch over all processes (TRL's `num_items_in_batch`)."""
+        count = mask.sum()
+        if self.accelerator.num_processes == 1:
+            return count
+        return self.accelerator.gather(count.reshape(1)).sum()
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         if not self.model.training or not self.dynamic_sampling:
             return super()._generate_and_score_completions(inputs)
         group = self.num_generations
-        batch = InformativeBatch(self.groups_per_step, self.filter_low, self.filter_high)
+        processes = self.accelerator.num_processes
+        rank = self.accelerator.process_index
+        # Every process's batch, tracked on every process from the gathered rewards, so all
+        # agree on when to stop (the rollouts are collective).
+        batches = [
+            InformativeBatch(self.groups_per_step, self.filter_low, self.filter_high)
+            for _ in range(processes)
+        ]
+        batch = batches[rank]
         parts: list[tuple[dict[str, Any], list[int]]] = []
         sampled_rewards: list[np.ndarray] = []
         kept_rewards: list[np.ndarray] = []
         kept_lengths: list[float] = []
         output: dict[str, Any] = {}
-        used = {int(x[INDEX_COLUMN]) for x in inputs if INDEX_COLUMN in x}
-        while batch.tries < self.max_tries and not batch.full:
-            round_inputs = inputs if batch.tries == 0 else self._refill_inputs(batch.tries, used)
+        used = self._used_indices(inputs)
+        tries = 0
+        while tries < self.max_tries and not all(b.full for b in batches):
+            round_inputs = inputs if tries == 0 else self._refill_inputs(tries, used)
             output = super()._generate_and_score_completions(round_inputs)
-            rewards = self._last_rewards()
-            sampled_rewards.append(rewards)
-            groups = batch.add(rewards, group)
-            if groups:
-                rows = [g * group + k for g in groups for k in range(group)]
-                parts.append((split_pixel_values_by_grid(output), rows))
-                kept_rewards.append(rewards[rows])
-                lengths = output["completion_mask"][rows].sum(dim=1).float()
-                kept_lengths.extend(lengths.tolist())
+            everyone = self._last_rewards().reshape(processes, -1)
+            tries += 1
+            for p, b in enumerate(batches):
+                if b.full:
+                    continue
+                taken = b.add(everyone[p], group)
+                if p != rank:
+                    continue
+                rewards = everyone[p]
+                sampled_rewards.append(rewards)
+                if taken:
+                    rows = [g * group + k for g in taken for k in range(group)]
+                    parts.append((split_pixel_values_by_grid(output), rows))
+                    kept_rewards.append(rewards[rows])
+                    lengths = output["completion_mask"][rows].sum(dim=1).float()
+                    kept_lengths.extend(lengths.tolist())
         step = self.state.global_step + 1
         self._log_step(batch, sampled_rewards, kept_rewards, kept_lengths)
         if not parts:
-            logger.warning(
-                "DAPO step %d: no informative group in %d tries (%d groups sampled, all with "
-                "mean reward <= %g or >= %g); skipping the update",
-                step,
-                batch.tries,
-                batch.sampled,
-                self.filter_low,
-                self.filter_high,
-            )
+            nowhere = not any(b.kept for b in batches)
+            if nowhere:
+                logger.warning(
+                    "DAPO step %d: no informative group in %d tries (%d groups sampled, all with "
+                    "mean reward <= %g or >= %g); skipping the update",
+                    step,
+                    tries,
+                    sum(b.sampled for b in batches),
+                    self.filter_low,
+                    self.filter_high,
+                )
+            else:
+                logger.warning(
+                    "DAPO step %d: no informative group on process %d in %d tries; it trains "
+                    "on a zero-weight batch (other processes have some)",
+                    step,
+                    rank,
+                    tries,
+                )
             output["completion_mask"] = torch.zeros_like(output["completion_mask"])
             output["advantages"] = torch.zeros_like(output["advantages"])
-            output["num_items_in_batch"] = output["completion_mask"].sum()
-            output[SKIP_KEY] = torch.tensor(True)
+            output["num_items_in_batch"] = self._global_items(output["completion_mask"])
+            if nowhere:
+                output[SKIP_KEY] = torch.tensor(True)
             return output
         if not batch.full:
             logger.warning(
@@ -349,9 +409,13 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
                 batch.target,
                 batch.tries,
             )
-        return unsplit_pixel_values_by_grid(
-            merge_rollouts(parts, pad_token_id=self._tokenizer.pad_token_id)
-        )
+        merged = merge_rollouts(parts, pad_token_id=self._tokenizer.pad_token_id)
+        if processes > 1:
+            mask = merged["completion_mask"]
+            if merged.get("tool_mask") is not None:
+                mask = mask * merged["tool_mask"]
+            merged["num_items_in_batch"] = self._global_items(mask)
+        return unsplit_pixel_values_by_grid(merged)
 
     def _log_step(
         self,
