@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -105,7 +105,14 @@ def driver(
 
 def _wait(driver: WebDriver, condition, what: str):  # type: ignore[no-untyped-def]
     try:
-        return WebDriverWait(driver, WAIT_S, poll_frequency=0.25).until(condition)
+        # The flowchart re-renders while it lays out: an element can go stale between finding
+        # it and reading it, which only means "not there yet".
+        return WebDriverWait(
+            driver,
+            WAIT_S,
+            poll_frequency=0.25,
+            ignored_exceptions=(StaleElementReferenceException,),
+        ).until(condition)
     except TimeoutException:
         text = driver.find_element(By.TAG_NAME, "body").text[:1500]
         pytest.fail(f"timed out after {WAIT_S}s waiting for {what}; the page shows:\n{text}")
