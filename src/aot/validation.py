@@ -1004,14 +1004,18 @@ def image_file(value: Any) -> str | None:
     return path if protocol in (None, "file") else f"{protocol}://{path}"
 
 
-def read_image_size(value: Any) -> tuple[int, int]:
+def read_image_size(value: Any, verify: bool = True) -> tuple[int, int]:
     """(width, height) of an image, a loader of one, or an array; a file behind a loader is
-    checked to decode completely (a truncated PNG fails here, not halfway through training)."""
+    checked to decode completely (a truncated PNG fails here, not halfway through training)
+    unless ``verify`` is false (then only its header is read)."""
     from PIL import Image
 
     path = image_file(value)
     if path is not None:
         with value.__self__._fs.open(path, "rb") as handle:
+            if not verify:
+                with Image.open(handle) as image:
+                    return image.size
             return verify_image_stream(handle)
     loaded = value() if callable(value) else value
     if isinstance(loaded, Image.Image):
@@ -1042,7 +1046,11 @@ def verify_image_file(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def image_sizes(
-    table: Any, images: Mapping[str, Any], what: str, image_column: str = "image"
+    table: Any,
+    images: Mapping[str, Any],
+    what: str,
+    image_column: str = "image",
+    verify: bool = True,
 ) -> dict[str, tuple[int, int]]:
     """Sizes of the images ``table`` references (missing ones are left to the record check);
     one ``DataError`` names every image that does not decode, with a record that uses it."""
@@ -1059,7 +1067,7 @@ def image_sizes(
         if key not in images:
             continue
         try:
-            sizes[key] = read_image_size(images[key])
+            sizes[key] = read_image_size(images[key], verify)
         except Exception as err:  # noqa: BLE001 - any decoding failure is reported by file
             file = image_file(images[key]) or f"image {key!r}"
             broken.append(
@@ -1077,18 +1085,19 @@ def image_sizes(
 
 
 def check_record_table(
-    table: Any, what: str, images: Mapping[str, Any] | None = None
+    table: Any, what: str, images: Mapping[str, Any] | None = None, verify: bool = True
 ) -> dict[str, tuple[int, int]]:
     """The record schema (``aot.world.validate_records``: non-empty, every field present and
     typed, answers consistent, boxes inside their image) checked against the sizes of the
     images the records reference, once every one of those files decoded; returns the sizes.
 
     Raises ``DataError`` (from the schema's ``RecordError``) prefixed with ``what`` (the
-    dataset and its file), naming the record and the field or the image file.
+    dataset and its file), naming the record and the field or the image file. ``verify=False``
+    reads only the images' headers (for images their dataset already verified on load).
     """
     from aot.world import RecordError, validate_records
 
-    sizes = image_sizes(table, images, what) if images is not None else None
+    sizes = image_sizes(table, images, what, verify=verify) if images is not None else None
     try:
         validate_records(table, sizes)
     except RecordError as err:

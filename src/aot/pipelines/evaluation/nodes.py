@@ -16,6 +16,7 @@ from aot.defender import Defender
 from aot.defender.examples import load_image
 from aot.metrics import accuracy_by_family
 from aot.rewards import correct_first_reward, make_prompt
+from aot.world import FAMILIES
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,6 @@ def summarize_clean(predictions: pd.DataFrame) -> dict[str, Any]:
 
 
 # --- robustness by round ------------------------------------------------------------------------
-FAMILY_ORDER = ("spatial", "attribute", "count", "existence")
 BY_ROUND_COLUMNS = [
     "model",
     "series",
@@ -134,7 +134,7 @@ def plot_robustness_by_round(table: pd.DataFrame, protocol: str = "greedy") -> F
     starts) to its own point at the same compute."""
     pooled = attacked_by_round(table, protocol)
     present = set(table["family"])
-    families = [f for f in FAMILY_ORDER if f in present]
+    families = [f for f in FAMILIES if f in present]
     families += sorted(present - set(families) - {"overall"}) + ["overall"]
     fig, axes = plt.subplots(
         1, len(families), figsize=(2.6 * len(families), 2.8), sharey=True, squeeze=False
