@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 
-from aot.defender import TinyDefenderConfig, build_tiny_defender
-from aot.defender.dense import DENSE_LABELS, VisionTap, dense_targets
+from aot.defender import Defender, TinyDefenderConfig, build_tiny_defender
+from aot.defender.dense import DENSE_LABELS, VisionTap, dense_grounding_loss, dense_targets
 from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
 from aot.rewards import build_prompt, correct_first_reward, target_completion
 from aot.world import (
@@ -52,6 +52,8 @@ p.add_argument("--turns", type=int, default=1)
 p.add_argument("--textfirst", type=int, default=1)
 p.add_argument("--short", type=int, default=0)
 p.add_argument("--grid", type=int, default=28)
+p.add_argument("--dense_loss", default="softmax", help="aot.defender.dense.DENSE_LOSSES")
+p.add_argument("--init", default=None, help="start from this Defender folder (same world)")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 logging.basicConfig(level=logging.WARNING)
@@ -80,7 +82,11 @@ cfg = TinyDefenderConfig(
     vision_depth=a.vdepth,
     vocab_size=1024,
 )
-d = build_tiny_defender(cfg, defender_corpus(world), seed=0)
+d = (
+    Defender.from_pretrained(a.init)
+    if a.init
+    else build_tiny_defender(cfg, defender_corpus(world), seed=0)
+)
 model, proc = d.model, d.processor
 tok = proc.tokenizer
 print("params", d.num_parameters(), flush=True)
@@ -209,8 +215,7 @@ expand = torch.tensor([k for k, ids in enumerate(label_ids) for _ in ids])
 
 
 def aligned_loss(tokens, targets):
-    logits = model.lm_head(tokens)[:, cols]
-    return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[:, expand])
+    return dense_grounding_loss(model.lm_head(tokens)[:, cols], targets, expand, a.dense_loss)
 
 
 tap = VisionTap(model)

@@ -53,3 +53,45 @@ class VisionTap:
 
     def remove(self) -> None:
         self._handle.remove()
+
+
+DENSE_LOSSES = ("softmax", "bce")
+
+
+def dense_grounding_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    label_of_column: torch.Tensor,
+    kind: str = "softmax",
+) -> torch.Tensor:
+    """The dense grounding loss over readout `logits` (tokens, columns); `targets` (tokens, labels).
+
+    `bce`: independent yes/no per column. Most tokens are background, so every shape column is
+    almost always 0 and BCE mostly teaches "nothing here": the vision probe reached 60% per-token
+    shape accuracy in 600 steps with it. `softmax` (default): one cross-entropy over the colours
+    plus "none" and one over the shapes plus "none" per token, each label's logit the logsumexp
+    of its columns; 82% in the same 600 steps (benchmarks/probe_dense_vision.py).
+    """
+    if kind not in DENSE_LOSSES:
+        raise ValueError(f"dense loss must be one of {DENSE_LOSSES}, got {kind!r}")
+    label_of_column = label_of_column.to(logits.device)
+    targets = targets.to(logits.device)
+    if kind == "bce":
+        wanted = targets[:, label_of_column]
+        return nn.functional.binary_cross_entropy_with_logits(logits, wanted)
+    n_labels = targets.shape[1]
+    per_label = torch.stack(
+        [logits[:, label_of_column == k].logsumexp(dim=1) for k in range(n_labels)], dim=1
+    )
+    n_colours = len(COLORS)
+    loss = logits.new_zeros(())
+    for block in (slice(0, n_colours), slice(n_colours, n_labels)):
+        block_logits, block_targets = per_label[:, block], targets[:, block]
+        none = block_logits.new_zeros(len(block_logits), 1)  # "nothing of this kind here"
+        wanted = torch.where(
+            block_targets.sum(dim=1) > 0,
+            block_targets.argmax(dim=1),
+            torch.full_like(block_targets[:, 0], block_targets.shape[1], dtype=torch.long),
+        )
+        loss = loss + nn.functional.cross_entropy(torch.cat([block_logits, none], dim=1), wanted)
+    return loss

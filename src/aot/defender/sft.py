@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from aot.defender.dense import DENSE_LABELS, VisionTap
+from aot.defender.dense import DENSE_LABELS, DENSE_LOSSES, VisionTap, dense_grounding_loss
 from aot.defender.model import Defender, user_content
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class DefenderSFTConfig:
     weight_decay: float = 0.0
     lr_scheduler_type: str = "cosine"
     dense_weight: float = 1.0
+    dense_loss: str = "softmax"  # aot.defender.dense.DENSE_LOSSES
     lora: dict[str, Any] | None = None
     freeze_vision: bool = False
     time_budget_s: float | None = None
@@ -88,6 +89,10 @@ class DefenderSFTConfig:
             raise ValueError(f"{prefix}.learning_rate must be positive, got {config.learning_rate}")
         if config.dense_weight < 0:
             raise ValueError(f"{prefix}.dense_weight must be >= 0, got {config.dense_weight}")
+        if config.dense_loss not in DENSE_LOSSES:
+            raise ValueError(
+                f"{prefix}.dense_loss must be one of {DENSE_LOSSES}, got {config.dense_loss!r}"
+            )
         return config
 
 
@@ -134,9 +139,12 @@ class DenseCollator(DataCollatorForVisionLanguageModeling):
 class DenseSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss adds `dense_weight` x the dense grounding loss (TRL has no such term)."""
 
-    def __init__(self, *args: Any, dense_weight: float = 1.0, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, dense_weight: float = 1.0, dense_loss: str = "softmax", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.dense_weight = dense_weight
+        self.dense_loss = dense_loss
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self._tap = VisionTap(base)
         self._lm_head = base.lm_head
@@ -152,8 +160,7 @@ class DenseSFTTrainer(SFTTrainer):
         )
         if targets is not None and self.dense_weight > 0 and self._tap.tokens is not None:
             logits = self._lm_head(self._tap.tokens)[:, self._columns]
-            wanted = targets.to(logits.device)[:, self._label_of_column]
-            dense = torch.nn.functional.binary_cross_entropy_with_logits(logits, wanted)
+            dense = dense_grounding_loss(logits, targets, self._label_of_column, self.dense_loss)
             loss = loss + self.dense_weight * dense
             mode = "train" if model.training else "eval"
             self._metrics[mode]["dense_loss"].append(float(dense.detach()))
@@ -266,6 +273,7 @@ def train_defender_sft(
         data_collator=collator,
         peft_config=peft_config,
         dense_weight=config.dense_weight,
+        dense_loss=config.dense_loss,
         callbacks=[TimeBudget(config.time_budget_s)],
     )
     start = time.perf_counter()
