@@ -15,6 +15,7 @@ from aot.rewards.attack import (
     edit_validity,
     efficacy_reward,
     ground_truth_guard,
+    imperceptibility,
     integrity_gate,
     outside_similarity,
 )
@@ -183,6 +184,20 @@ def test_outside_similarity(clean: np.ndarray) -> None:
         inside.astype(int) + np.random.default_rng(0).integers(-40, 40, inside.shape), 0, 255
     )
     assert outside_similarity(clean, everywhere.astype(np.uint8), [FREE_BOX])["outside_ssim"] < 0.5
+
+
+def test_imperceptible_perturbations_are_their_own_edit_type(clean: np.ndarray) -> None:
+    painted = np.asarray(paint_object(SCENE.render(), FREE_BOX, "square", "purple"))
+    visible = imperceptibility(clean, painted, FREE_BOX)
+    assert visible["imperceptible"] == 0.0 and visible["visible"] > 0.3
+    x0, y0, x1, y1 = FREE_BOX
+    noise = np.random.default_rng(0).integers(-6, 7, (y1 - y0, x1 - x0, 3))
+    subtle = clean.astype(int)
+    subtle[y0:y1, x0:x1] += noise  # changes every pixel by at most 6 levels: below the eye
+    subtle = np.clip(subtle, 0, 255).astype(np.uint8)
+    result = imperceptibility(clean, subtle, FREE_BOX)
+    assert result["imperceptible"] == 1.0 and result["visible"] == 0.0
+    assert imperceptibility(clean, clean, FREE_BOX)["imperceptible"] == 0.0  # no edit at all
 
 
 def test_composite_reward() -> None:

@@ -69,6 +69,7 @@ from aot.rewards.attack import (
     edit_validity,
     efficacy_reward,
     ground_truth_guard,
+    imperceptibility,
     integrity_gate,
     outside_similarity,
 )
@@ -432,6 +433,7 @@ class DefenderAttackReward:
                 )
             )
         out.update(outside_similarity(item.image, edited, [plan.box]))
+        out.update(imperceptibility(item.image, edited, plan.box))
         return out
 
     def __call__(self, rollout: Rollout) -> dict[str, np.ndarray]:
@@ -971,6 +973,9 @@ class FlowGRPOTrainer:
             row[names.get(key, key)] = _mean(value)
         if "queried" in scores and "edited_wrong_rate" in scores:
             row["efficacy_queried"] = _mean(np.asarray(scores["efficacy"])[scores["queried"] > 0])
+        if "imperceptible" in scores:  # its own edit type; the loop above logged its share
+            subtle = np.asarray(scores["imperceptible"]) > 0
+            row["efficacy_imperceptible"] = _mean(np.asarray(scores["efficacy"])[subtle])
         kinds = np.array([p.kind for p in rollout.plans])
         for kind in ("add", "remove", "replace"):
             row[f"frac_{kind}"] = float((kinds == kind).mean())

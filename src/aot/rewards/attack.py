@@ -254,6 +254,28 @@ def edit_validity(
     }
 
 
+# An edit whose visibly changed pixels (see `aot.attacker.quality.CHANGE_THRESHOLD`) cover less
+# than this share of its box, although its pixels did change, is an imperceptible perturbation.
+IMPERCEPTIBLE_SHARE = 0.05
+
+
+def imperceptibility(clean: Any, edited: Any, box: Sequence[int]) -> dict[str, float]:
+    """Is the edit an imperceptible perturbation rather than a visible object edit?
+
+    The paper lists such perturbations among the Attacker's strategies. They are reported as
+    their own edit type (`imperceptible`, with the visible share), never rewarded on their own:
+    the validity check still decides whether the edit counts.
+    """
+    from aot.attacker.quality import changed_pixels
+
+    x0, y0, x1, y1 = (int(v) for v in box)
+    before = np.asarray(_arr(clean)[y0:y1, x0:x1], dtype=float)
+    after = np.asarray(_arr(edited)[y0:y1, x0:x1], dtype=float)
+    visible = float(changed_pixels(edited, clean, box).mean()) if before.size else 0.0
+    changed = before.size > 0 and float(np.abs(after - before).mean()) > 0.5
+    return {"imperceptible": float(changed and visible < IMPERCEPTIBLE_SHARE), "visible": visible}
+
+
 def outside_similarity(
     clean: Any, edited: Any, exclude_boxes: Sequence[Sequence[int]], margin: int = 3
 ) -> dict[str, float]:

@@ -162,6 +162,7 @@ def attack_records(
                     "gt_ok": float(scores["gt_ok"][i]),
                     "valid": float(scores["valid"][i]),
                     "clean_ok": float(scores["clean_ok"][i]),
+                    "imperceptible": float(scores["imperceptible"][i]),
                     "wrong_rate": float(wrong) if not math.isnan(wrong) else math.nan,
                 }
             )
@@ -207,4 +208,8 @@ def curate(
         stats[f"edit_mix_{kind}"] = (
             float((attacked["edit_kind"] == kind).mean()) if len(attacked) else math.nan
         )
+    if "imperceptible" in attacked:  # reported as its own edit type (aot.rewards.attack)
+        subtle = attacked["imperceptible"] > 0
+        stats["edit_mix_imperceptible"] = float(subtle.mean()) if len(attacked) else math.nan
+        stats["kept_imperceptible"] = float((hard["imperceptible"] > 0).sum()) if len(hard) else 0.0
     return mixed.sample(frac=1.0, random_state=seed).reset_index(drop=True), stats
