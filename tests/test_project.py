@@ -59,6 +59,43 @@ def test_environments_soft_merge_single_keys(project_copy: Path) -> None:
     )
 
 
+def _leaves(tree: object, key: str, path: str = "") -> dict[str, object]:
+    """Every value stored under ``key`` anywhere in a nested parameter dict, by dotted path."""
+    out: dict[str, object] = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            here = f"{path}.{k}" if path else str(k)
+            out.update({here: v} if k == key else _leaves(v, key, here))
+    return out
+
+
+def test_paper_env_answers_with_letters_and_lets_the_defender_judge_edits(
+    project_copy: Path,
+) -> None:
+    """One answer mode per environment: a Defender taught letters in `sft` is rewarded, filtered
+    and evaluated on letters too; and on real images the Defender judges edit validity (the
+    world's pixel tests know only the world's shapes)."""
+    from kedro.config import OmegaConfigLoader
+
+    from aot.rewards.attack import AttackRewardConfig
+    from aot.settings import CONFIG_LOADER_ARGS
+
+    loader = OmegaConfigLoader(str(project_copy / "conf"), env="paper", **CONFIG_LOADER_ARGS)
+    paper = loader["parameters"]
+    modes = _leaves(paper, "answer_mode")
+    assert len(modes) >= 8 and set(modes.values()) == {"letter"}, modes
+    base = OmegaConfigLoader(str(project_copy / "conf"), env="base", **CONFIG_LOADER_ARGS)
+    rewards = _leaves(base["parameters"], "reward")
+    assert len(rewards) >= 4
+    for path in rewards:
+        node: object = paper
+        for part in path.split("."):
+            node = node[part]  # type: ignore[index]
+        config = AttackRewardConfig.from_dict(node)  # type: ignore[arg-type]
+        assert config.validity_judge == "defender" and config.answer_mode == "letter", path
+        assert config.validity_checks == ("colour",)  # base's keys survive the soft merge
+
+
 def test_a_pipeline_run_before_its_inputs_exist_names_what_to_run(project_copy: Path) -> None:
     result = _kedro(project_copy, "run", "--env", "smoke", "--pipelines", "evaluation")
     assert result.returncode != 0

@@ -164,6 +164,61 @@ def test_defender_reward_scores_a_scripted_defender(records: tuple[pd.DataFrame,
         assert (scores["efficacy"][8:] == 0).all() and (scores["clean_ok"][8:] == 0).all()
 
 
+class JudgingDefender(ScriptedDefender):
+    """A ScriptedDefender that also answers the validity judge's yes/no questions: Yes to every
+    other one, in call order; it records what the judge showed and asked."""
+
+    def __init__(self, records: pd.DataFrame, images: dict) -> None:
+        super().__init__(records, images, lambda e, c, r, i: [False] * 3)
+        self.judged: list[tuple[tuple[int, int], str]] = []
+
+    def generate(
+        self, images: Sequence[Any], prompts: Sequence[str], *, n: int, **kw: Any
+    ) -> list[list[str]]:
+        if prompts and prompts[0] not in self.by_prompt:  # the judge's questions
+            assert n == 1 and kw.get("temperature", 0.0) == 0.0  # one greedy answer per edit
+            start = len(self.judged)
+            self.judged += [(im.size, p) for im, p in zip(images, prompts, strict=True)]
+            return [
+                ["\\boxed{Yes}" if (start + i) % 2 == 0 else "\\boxed{No}"]
+                for i in range(len(prompts))
+            ]
+        return super().generate(images, prompts, n=n, **kw)
+
+
+def test_the_defender_judges_validity_when_asked(records: tuple[pd.DataFrame, dict]) -> None:
+    """`validity_judge: defender` (the `paper` setting): one greedy yes/no question per edit on a
+    crop of its box, naming the planned object (add / replace: Yes is valid) or the removed one
+    (remove: No is valid); the verdict replaces the world's pixel tests (kept as `world_valid`)
+    and, with `validity_mode: gate`, an invalid edit is never put to the Defender's K answers."""
+    recs, images = records
+    cfg = FlowGRPOConfig.from_dict(
+        {**QUICK, "reward": {"validity_judge": "defender", "require_clean_correct": False}}
+    )
+    items = build_items(recs, images, cfg.planner)
+    trainer = FlowGRPOTrainer(build_box_edit_pipeline(TINY, 0), items, cfg, lambda r: {}, seed=0)
+    rollout = trainer.rollout(items[:4], 4, torch.Generator().manual_seed(0))
+    defender = JudgingDefender(recs, images)
+    scores = DefenderAttackReward(defender, cfg.reward)(rollout)
+    assert len(defender.judged) == len(rollout.plans)
+    said_yes = np.arange(len(rollout.plans)) % 2 == 0
+    kinds = set()
+    for item, plan, (size, prompt), yes, valid in zip(
+        rollout.items, rollout.plans, defender.judged, said_yes, scores["valid"], strict=True
+    ):
+        kinds.add(plan.kind)
+        named = plan if plan.kind != "remove" else item.scene.get_object(plan.object_id)
+        colour, shape = named.colour if plan.kind != "remove" else named.color, named.shape
+        assert f"Is there a{'n' if colour[0] in 'aeiou' else ''} {colour} {shape} in" in prompt
+        assert min(size) >= cfg.reward.judge_min_side  # the crop was enlarged for the judge
+        assert valid == float(yes if plan.kind != "remove" else not yes)
+    assert "remove" in kinds and kinds & {"add", "replace"}
+    assert "world_valid" in scores and (scores["judge_parsed"] == 1).all()
+    asked = (scores["gate"] > 0) & (scores["gt_ok"] > 0) & (scores["valid"] > 0)
+    np.testing.assert_array_equal(scores["queried"] > 0, asked)
+    assert 0 < asked.sum() < len(asked)
+
+
 def _redness(rollout: Rollout) -> dict[str, np.ndarray]:
     out = []
     for plan, edited in zip(rollout.plans, rollout.edited, strict=True):

@@ -17,6 +17,9 @@ from aot.rewards.attack import (
     ground_truth_guard,
     imperceptibility,
     integrity_gate,
+    judge_crop,
+    judge_question,
+    judged_validity,
     outside_similarity,
 )
 from aot.world import (
@@ -218,6 +221,10 @@ def test_reward_config_validation() -> None:
         AttackRewardConfig.from_dict({"ssim_treshold": 0.9})
     with pytest.raises(ValueError, match="validity_mode"):
         AttackRewardConfig.from_dict({"validity_mode": "soft"})
+    with pytest.raises(ValueError, match="validity_judge"):
+        AttackRewardConfig.from_dict({"validity_judge": "human"})
+    with pytest.raises(ValueError, match="judge_min_side"):
+        AttackRewardConfig.from_dict({"judge_min_side": 0})
     with pytest.raises(ValueError, match="temperature"):
         AttackRewardConfig.from_dict({"k": 3, "temperature": 0.0})
     with pytest.raises(ValueError, match="k must"):
@@ -225,3 +232,31 @@ def test_reward_config_validation() -> None:
     assert AttackRewardConfig.from_dict({"validity_checks": ["colour"]}).validity_checks == (
         "colour",
     )
+
+
+def test_the_defender_judge_asks_about_the_planned_object_on_a_crop_of_its_box() -> None:
+    assert judge_question("add", "star", "red") == ("Is there a red star in the image?", "Yes")
+    assert judge_question("replace", "cross", "orange")[0].startswith("Is there an orange cross")
+    assert judge_question("remove", "circle", "blue")[1] == "No"  # the removed one must be gone
+    with pytest.raises(ValueError, match="unknown edit kind"):
+        judge_question("blur", "star", "red")
+    painted = np.asarray(paint_object(SCENE.render(), FREE_BOX, "square", "purple"))
+    crop = judge_crop(painted, FREE_BOX, context=4, min_side=112)
+    x0, y0, x1, y1 = FREE_BOX  # 16 x 16, grown by 4 px, clipped at the bottom edge (112)
+    side_w, side_h = (x1 + 4) - (x0 - 4), min(112, y1 + 4) - (y0 - 4)
+    assert min(crop.size) == 112 and crop.size[0] / crop.size[1] == pytest.approx(
+        side_w / side_h, rel=0.02
+    )
+    centre = np.asarray(crop)[crop.size[1] // 2, crop.size[0] // 2]
+    x, y = (x0 + x1) // 2, (y0 + y1) // 2
+    assert np.abs(centre.astype(int) - painted[y, x].astype(int)).max() <= 8  # the box's content
+    assert judge_crop(painted, FREE_BOX, 0, 8).size == (16, 16)  # never shrunk
+    with pytest.raises(ValueError, match="outside"):
+        judge_crop(painted, (200, 200, 220, 220))
+
+
+def test_judged_validity_reads_yes_and_no_in_any_format() -> None:
+    assert judged_validity("\\boxed{Yes}", "Yes") == {"valid": 1.0, "judge_parsed": 1.0}
+    assert judged_validity("\\boxed{No}", "Yes") == {"valid": 0.0, "judge_parsed": 1.0}
+    assert judged_validity("\\boxed{No}", "No")["valid"] == 1.0
+    assert judged_validity("I cannot tell", "No") == {"valid": 0.0, "judge_parsed": 0.0}

@@ -71,6 +71,9 @@ from aot.rewards.attack import (
     ground_truth_guard,
     imperceptibility,
     integrity_gate,
+    judge_crop,
+    judge_question,
+    judged_validity,
     outside_similarity,
 )
 from aot.world import Edit, Scene, apply_edit
@@ -436,11 +439,42 @@ class DefenderAttackReward:
         out.update(imperceptibility(item.image, edited, plan.box))
         return out
 
+    def judge(self, rollout: Rollout) -> list[dict[str, float]]:
+        """The Defender as the validity judge (``validity_judge: defender``, the ``paper``
+        setting): one greedy yes/no answer per edit on a crop of its box: is the planned object
+        there (add / replace), is the removed one gone (remove)."""
+        cfg = self.config
+        crops, prompts, expected = [], [], []
+        for item, plan, edited in zip(rollout.items, rollout.plans, rollout.edited, strict=True):
+            shape, colour = plan.shape, plan.colour
+            if plan.kind == "remove":
+                if item.scene is None or plan.object_id is None:
+                    raise ValueError("the validity judge needs the scene graph of a remove edit")
+                obj = item.scene.get_object(int(plan.object_id))
+                shape, colour = obj.shape, obj.color
+            if shape is None or colour is None:
+                raise ValueError(f"the validity judge needs the shape and colour of a {plan.kind}")
+            question, answer = judge_question(plan.kind, shape, colour)
+            crops.append(judge_crop(edited, plan.box, cfg.judge_context, cfg.judge_min_side))
+            prompts.append(build_prompt(question, [], cfg.answer_mode))
+            expected.append(answer)
+        answers = self.defender.generate(
+            crops, prompts, n=1, max_new_tokens=cfg.max_new_tokens, batch_size=self.batch_size
+        )
+        return [
+            judged_validity(a[0], e, cfg.answer_mode)
+            for a, e in zip(answers, expected, strict=True)
+        ]
+
     def __call__(self, rollout: Rollout) -> dict[str, np.ndarray]:
         cfg = self.config
         rows: list[dict[str, float]] = []
         for item, plan, edited in zip(rollout.items, rollout.plans, rollout.edited, strict=True):
             rows.append(self.parts(item, plan, edited))
+        if cfg.validity_judge == "defender":
+            for r, judged in zip(rows, self.judge(rollout), strict=True):
+                r["world_valid"] = r["valid"]
+                r.update(judged)
         clean_ok = []
         for item in rollout.items:
             if not cfg.require_clean_correct:

@@ -15,6 +15,8 @@ reward can be logged and each is a parameter of ``AttackRewardConfig``:
 * ``edit_validity``: the world's colour and shape test inside the box for add / replace, and
   for remove that the box now matches the background behind the object (guards against the
   reward hacking by degradation measured in ``shared/notes/exp-attacker-editor.md`` §4);
+  with ``validity_judge: defender`` (``paper``) the Defender judges instead, answering
+  ``judge_question`` on ``judge_crop`` of the edit (``judged_validity``);
 * ``outside_similarity``: SSIM of the scene outside the edit box (a whole-image editor's
   "keep the rest of the scene" term; 1 for the paste-back box editor);
 * ``composite_reward``: ``gate x gt_ok x [valid] x efficacy + validity_weight x gate x valid +
@@ -39,6 +41,9 @@ from aot.rewards.answer import is_correct
 
 VALIDITY_MODES = ("gate", "off")
 VALIDITY_CHECKS = ("colour", "shape")
+# Who decides whether an edit shows what was planned: the world's pixel tests (tiny default) or
+# the Defender itself as a yes/no judge on a crop of the edit box (`paper`: open-world images).
+VALIDITY_JUDGES = ("world", "defender")
 
 
 def _arr(image: Any) -> np.ndarray:
@@ -254,6 +259,53 @@ def edit_validity(
     }
 
 
+def judge_question(kind: str, shape: str, colour: str) -> tuple[str, str]:
+    """The Defender-as-judge question for one edit and the answer that makes the edit valid.
+
+    add / replace: the planned object must be there ("Is there a red star in the image?" ->
+    Yes); remove: the removed object must be gone (the same question about it -> No).
+    """
+    from aot.world.schema import NO, YES
+
+    if kind not in ("add", "remove", "replace"):
+        raise ValueError(f"judge_question: unknown edit kind {kind!r}")
+    article = "an" if colour[:1] in "aeiou" else "a"
+    question = f"Is there {article} {colour} {shape} in the image?"
+    return question, NO if kind == "remove" else YES
+
+
+def judge_crop(
+    edited: Any, box: Sequence[int], context: int = 8, min_side: int = 112
+) -> Image.Image:
+    """What the judge sees: the edit box and ``context`` px around it (clipped to the image),
+    upscaled so its short side is at least ``min_side`` (a 24-px crop would reach a VLM's
+    processor as a few patches)."""
+    a = _arr(edited)
+    x0, y0, x1, y1 = _clip(box, a.shape[1], a.shape[0], context)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(
+            f"judge_crop: box {list(box)} lies outside the {a.shape[1]}x{a.shape[0]} image"
+        )
+    crop = Image.fromarray(np.ascontiguousarray(a[y0:y1, x0:x1]).astype(np.uint8), "RGB")
+    scale = max(1.0, min_side / min(crop.size))
+    if scale > 1.0:
+        crop = crop.resize((round(crop.width * scale), round(crop.height * scale)), Image.BICUBIC)
+    return crop
+
+
+def judged_validity(answer: str, expected: str, mode: str = "word") -> dict[str, float]:
+    """``valid`` 1 when the judge's (greedy) answer is ``expected``; ``judge_parsed`` 0 when the
+    answer was no Yes/No at all (it then counts as invalid: the judge could not confirm it)."""
+    from aot.world.schema import NO, YES
+
+    said_yes = is_correct(answer, YES, [], mode, None)
+    said_no = is_correct(answer, NO, [], mode, None)
+    return {
+        "valid": float(said_yes if expected == YES else said_no),
+        "judge_parsed": float(said_yes or said_no),
+    }
+
+
 # An edit whose visibly changed pixels (see `aot.attacker.quality.CHANGE_THRESHOLD`) cover less
 # than this share of its box, although its pixels did change, is an imperceptible perturbation.
 IMPERCEPTIBLE_SHARE = 0.05
@@ -310,6 +362,9 @@ class AttackRewardConfig:
     answer_mode: str = "word"
     max_new_tokens: int = 12
     validity_mode: str = "gate"
+    validity_judge: str = "world"
+    judge_context: int = 8
+    judge_min_side: int = 112
     validity_checks: tuple[str, ...] = VALIDITY_CHECKS
     validity_weight: float = 0.0
     remove_tol: float = 0.1
@@ -337,6 +392,8 @@ class AttackRewardConfig:
         number("max_new_tokens", 1, math.inf, integer=True)
         number("validity_weight", 0.0, math.inf)
         number("remove_tol", 0.0, 1.0)
+        number("judge_context", 0, math.inf, integer=True)
+        number("judge_min_side", 1, math.inf, integer=True)
         number("fidelity_weight", 0.0, math.inf)
         for name in ("exact_guard", "graded", "require_clean_correct"):
             if not isinstance(getattr(self, name), bool):
@@ -347,6 +404,8 @@ class AttackRewardConfig:
             raise ValueError(f"{owner}.answer_mode must be 'word' or 'letter'")
         if self.validity_mode not in VALIDITY_MODES:
             raise ValueError(f"{owner}.validity_mode must be one of {VALIDITY_MODES}")
+        if self.validity_judge not in VALIDITY_JUDGES:
+            raise ValueError(f"{owner}.validity_judge must be one of {VALIDITY_JUDGES}")
         bad = [c for c in self.validity_checks if c not in VALIDITY_CHECKS]
         if not isinstance(self.validity_checks, tuple) or bad:
             raise ValueError(f"{owner}.validity_checks must be a tuple from {VALIDITY_CHECKS}")
