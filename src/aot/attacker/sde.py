@@ -1,4 +1,5 @@
-"""The Flow-GRPO SDE step with its Gaussian log-prob, for RL on the flow-matching Attacker.
+"""The Flow-GRPO SDE step with its Gaussian log-prob, for RL on the flow-matching Attacker, and
+the stochastic DDIM step (eta > 0) with its log-prob for editors trained with a diffusion loss.
 
 Hand-written because no diffusers scheduler returns log-probs (``shared/notes/stack.md`` §4):
 ``FlowMatchEulerDiscreteScheduler.step`` gives only the next sample. In the limit
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -95,3 +97,65 @@ def flow_sde_step(
         noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         prev_sample = mean + std * noise
     return prev_sample, gaussian_log_prob(prev_sample, mean, std, mask)
+
+
+# ------------------------------------------------------------------ DDIM (epsilon-type editors)
+
+
+def ddim_mean_std(
+    scheduler: Any, model_output: torch.Tensor, timestep: int, x: torch.Tensor, eta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of ``DDIMScheduler.step``'s transition from ``timestep`` (DDIM eq. 12/16).
+
+    For editors trained with a diffusion (not flow-matching) loss: diffusers' DDIM step returns
+    only the next sample, so this re-derives its Gaussian, for every ``prediction_type`` and with
+    the scheduler's x0 clipping. At ``eta=0`` the std is 0 and the mean is the scheduler's
+    deterministic step (checked in the tests); Flow-GRPO needs ``eta > 0``.
+    """
+    cfg = scheduler.config
+    if cfg.thresholding:
+        raise ValueError("ddim_mean_std: dynamic thresholding has no Gaussian step; disable it")
+    prev = timestep - cfg.num_train_timesteps // scheduler.num_inference_steps
+    a_t = scheduler.alphas_cumprod[timestep]
+    a_prev = scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
+    b_t = 1 - a_t
+    if cfg.prediction_type == "epsilon":
+        x0, eps = (x - b_t**0.5 * model_output) / a_t**0.5, model_output
+    elif cfg.prediction_type == "sample":
+        x0 = model_output
+        eps = (x - a_t**0.5 * x0) / b_t**0.5
+    elif cfg.prediction_type == "v_prediction":
+        x0 = a_t**0.5 * x - b_t**0.5 * model_output
+        eps = a_t**0.5 * model_output + b_t**0.5 * x
+    else:
+        raise ValueError(f"ddim_mean_std: unknown prediction_type {cfg.prediction_type!r}")
+    if cfg.clip_sample:
+        x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+    std = eta * scheduler._get_variance(timestep, prev) ** 0.5
+    mean = a_prev**0.5 * x0 + (1 - a_prev - std**2) ** 0.5 * eps
+    return mean, torch.as_tensor(std, dtype=x.dtype, device=x.device)
+
+
+def ddim_step(
+    scheduler: Any,
+    model_output: torch.Tensor,
+    timestep: int,
+    x: torch.Tensor,
+    eta: float = 1.0,
+    prev_sample: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One stochastic DDIM step (``eta > 0``) with its log-prob: (next state, log-prob).
+
+    Draws the noise as ``DDIMScheduler.step`` does (``randn_tensor`` with the same generator), so
+    for the same generator state both return the same sample. Pass ``prev_sample`` to score a
+    recorded transition instead.
+    """
+    if eta <= 0:
+        raise ValueError(f"ddim_step: the log-prob needs eta > 0, got {eta}")
+    mean, std = ddim_mean_std(scheduler, model_output, timestep, x, eta)
+    if prev_sample is None:
+        noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        prev_sample = mean + std * noise
+    return prev_sample, gaussian_log_prob(prev_sample, mean, std.expand_as(x), mask)
