@@ -32,8 +32,16 @@ $(STAMP): pyproject.toml requirements.lock | $(PY)
 
 install: $(STAMP)
 
+# The default env goes through DVC, so a second `make run` with nothing changed reuses every
+# cached stage (dvc.yaml: one stage per pipeline part and round); other envs, or a copy without
+# git/DVC metadata, run the pipelines with Kedro directly.
 run: install
-	$(VENV)/bin/kedro run --env $(ENV)
+	@if [ "$(ENV)" = base ] && $(VENV)/bin/dvc root >/dev/null 2>&1; then \
+		echo "dvc repro (the default run; stages already up to date are reused)"; \
+		PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro; \
+	else \
+		$(VENV)/bin/kedro run --env $(ENV); \
+	fi
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,5 +1,5 @@
 """`dvc repro` on a temporary copy of the project (smoke env): every stage runs, then a second
-`dvc repro` finds nothing to do."""
+`dvc repro`, and `make run` (which goes through DVC for the default env), find nothing to do."""
 
 from __future__ import annotations
 
@@ -24,7 +24,15 @@ def _smoke_copy(tmp: Path) -> Path:
     """The project with every DVC stage pointed at the smoke env and its data root."""
     repo = tmp / "repo"
     repo.mkdir()
-    for name in ("conf", "src", "pyproject.toml", ".telemetry", ".dvcignore", "dvc.yaml"):
+    for name in (
+        "conf",
+        "src",
+        "pyproject.toml",
+        ".telemetry",
+        ".dvcignore",
+        "dvc.yaml",
+        "Makefile",
+    ):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("local", "__pycache__"))
@@ -49,5 +57,11 @@ def test_dvc_repro_runs_every_stage_then_does_nothing(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr[-2000:]
     assert "Running stage" not in second.stdout, second.stdout[-2000:]
     assert "up to date" in second.stdout
+    # `make run` (default env) is `dvc repro` here: nothing changed, so every stage is reused
+    (repo / ".venv").symlink_to(BIN.parent, target_is_directory=True)
+    again = _run(repo, "make", "-o", "install", "run")  # -o: the venv is the tests' own
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "dvc repro" in again.stdout and "up to date" in again.stdout, again.stdout[-2000:]
+    assert "Running stage" not in again.stdout
     metrics = _run(repo, str(BIN / "dvc"), "metrics", "show")
     assert "evaluation/metrics.json" in metrics.stdout
