@@ -153,45 +153,13 @@ def load_defender(path: str | os.PathLike, dtype: str | None = None) -> Any:
 
 def load_attacker(path: str | os.PathLike, dtype: str | None = None) -> Any:
     """A saved Attacker folder: our `BoxEditPipeline`, or a diffusers pipeline such as
-    `QwenImageEditPipeline` (read from `model_index.json`; safetensors only, no remote code)."""
-    import json
-
+    `QwenImageEditPipeline` with its planner (`aot.attacker.AttackerPipeline`)."""
     import torch
 
-    path = Path(path)
-    index = json.loads((path / "model_index.json").read_text())
-    if index.get("_class_name") == "BoxEditPipeline":
-        from aot.attacker import BoxEditPipeline
+    from aot.attacker.loading import AttackerPipeline
 
-        return BoxEditPipeline.from_pretrained(path)
-    import diffusers
-
-    cls = getattr(diffusers, str(index.get("_class_name")), None)
-    if cls is None:
-        raise ValueError(f"{path}: unknown pipeline class {index.get('_class_name')!r}")
-    kwargs: dict[str, Any] = {"use_safetensors": True}
-    if dtype:
-        kwargs["torch_dtype"] = getattr(torch, dtype)
-    pipe = cls.from_pretrained(path, **kwargs)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-class PipelineWithPlanner:
-    """Saves a diffusers pipeline and the trained edit planner (`planner/`) into one folder,
-    as `BoxEditPipeline.save_pretrained` does for the box editor (so a catalog save stays one
-    atomic folder)."""
-
-    def __init__(self, pipe: Any, planner: Any) -> None:
-        self.pipe = pipe
-        self.planner = planner
-
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        from aot.attacker.pipeline import PLANNER_FOLDER
-
-        self.pipe.save_pretrained(path)
-        if self.planner is not None:
-            self.planner.save(Path(path) / PLANNER_FOLDER)
+    kwargs: dict[str, Any] = {"torch_dtype": getattr(torch, dtype)} if dtype else {}
+    return AttackerPipeline.from_pretrained(path, **kwargs)
 
 
 # ---------------------------------------------------------------------------- trainers
@@ -279,7 +247,7 @@ def run_flow_grpo(
     from accelerate import Accelerator
 
     from aot.attacker.flow_grpo import train_attacker_flow_grpo
-    from aot.attacker.qwen_edit import is_qwen_image_edit
+    from aot.attacker.loading import with_planner
     from aot.pipelines.selfplay.nodes import _split, round_seed
 
     config.check(["selfplay.attacker", "seed"])
@@ -319,12 +287,7 @@ def run_flow_grpo(
         accelerator=accelerator,
     )
     if accelerator.is_main_process:
-        out = (
-            PipelineWithPlanner(trained, trained.planner)
-            if is_qwen_image_edit(trained)
-            else trained
-        )
-        catalog.save(f"selfplay.{round_name}.attacker", out)
+        catalog.save(f"selfplay.{round_name}.attacker", with_planner(trained))
         catalog.save(f"selfplay.{round_name}.attacker_log", log)
         shutil.rmtree(checkpoints, ignore_errors=True)
     accelerator.wait_for_everyone()

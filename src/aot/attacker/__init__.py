@@ -28,6 +28,7 @@ from aot.attacker.flow_sampler import (
     sample_flow_sde,
     step_log_prob,
 )
+from aot.attacker.loading import AttackerPipeline, PipelineWithPlanner, with_planner
 from aot.attacker.pairs import (
     EditExample,
     EditPairs,
@@ -56,6 +57,9 @@ from aot.attacker.qwen_edit import (
 from aot.attacker.sde import SampleTrace, flow_sde_step
 
 __all__ = [
+    "AttackerPipeline",
+    "PipelineWithPlanner",
+    "with_planner",
     "NULL_CLASS",
     "NUM_CLASS_EMBEDS",
     "REMOVE_CLASS",

@@ -111,19 +111,20 @@ def attack_records(
     ``wrong_rate``) and the edited images by key.
     """
     reward_cfg = AttackRewardConfig.from_dict({**dict(reward or {}), "k": k, "graded": True})
+    planner = getattr(pipe, "planner", None)  # None: a stock diffusers pipeline without one
     config = FlowGRPOConfig(
         sampling_steps=sampling_steps,
         noise_level=noise_level,
         beta_kl=0.0,
         log_kl=False,
         reward=reward_cfg,
-        planner=pipe.planner.config if pipe.planner is not None else FlowGRPOConfig().planner,
+        planner=planner.config if planner is not None else FlowGRPOConfig().planner,
     )
     items = build_items(records, images, config.planner, scenes)
     if not items:
         raise ValueError(f"{prefix}: no record has a valid edit (check target boxes and graphs)")
     clean_answers(defender, items, reward_cfg, batch_size, seed)
-    trainer = FlowGRPOTrainer(pipe, items, config, lambda r: {}, seed, pipe.planner)
+    trainer = FlowGRPOTrainer(pipe, items, config, lambda r: {}, seed, planner)
     reward = DefenderAttackReward(defender, reward_cfg, batch_size)
     reward.seed = seed
     generator = torch.Generator().manual_seed(seed)

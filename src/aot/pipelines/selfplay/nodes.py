@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from aot.attacker import BoxEditPipeline
+from aot.attacker import BoxEditPipeline, with_planner
 from aot.attacker.flow_grpo import train_attacker_flow_grpo
 from aot.defender import Defender
 from aot.defender.dapo import train_defender_dapo
@@ -61,7 +61,7 @@ def train_attacker(
     # Checkpoints exist only to resume an interrupted node; a finished one must not leak its
     # state into a later run with other parameters.
     shutil.rmtree(checkpoints, ignore_errors=True)
-    return trained, log
+    return with_planner(trained), log  # a stock diffusers editor gets its planner saved beside it
 
 
 def make_curriculum(
