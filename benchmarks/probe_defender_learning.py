@@ -54,6 +54,10 @@ p.add_argument("--short", type=int, default=0)
 p.add_argument("--grid", type=int, default=28)
 p.add_argument("--dense_loss", default="softmax", help="aot.defender.dense.DENSE_LOSSES")
 p.add_argument("--init", default=None, help="start from this Defender folder (same world)")
+p.add_argument("--pos", type=float, default=0.0, help="weight of the image-token position loss")
+p.add_argument(
+    "--pos_layer", type=int, default=1, help="LM layer whose image tokens name their row/col"
+)
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 logging.basicConfig(level=logging.WARNING)
@@ -219,7 +223,32 @@ def aligned_loss(tokens, targets):
 
 
 tap = VisionTap(model)
-params = list(model.parameters()) + list(head.parameters())
+# Position probe: a linear head (dropped afterwards) reads each image token's row and column
+# from the LM's hidden state after layer `--pos_layer`: RoPE alone puts no absolute position
+# into the vision features, so spatial questions need the LM to write it there.
+side = a.size // 28
+pos_head = torch.nn.Linear(a.hidden, 2 * side)
+lm_hidden = {}
+model.model.language_model.layers[a.pos_layer - 1].register_forward_hook(
+    lambda m, args, out: lm_hidden.__setitem__("h", out[0] if isinstance(out, tuple) else out)
+)
+cell = torch.arange(side * side)
+pos_rows, pos_cols = cell // side, cell % side
+
+
+def position_loss(ids):
+    h = lm_hidden["h"][ids == img_tok].view(-1, side * side, a.hidden)
+    logit = pos_head(h)
+    rows = torch.nn.functional.cross_entropy(
+        logit[..., :side].reshape(-1, side), pos_rows.repeat(len(h))
+    )
+    cols = torch.nn.functional.cross_entropy(
+        logit[..., side:].reshape(-1, side), pos_cols.repeat(len(h))
+    )
+    return rows + cols
+
+
+params = list(model.parameters()) + list(head.parameters()) + list(pos_head.parameters())
 opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
 warm = 100
 sched = torch.optim.lr_scheduler.LambdaLR(
@@ -308,16 +337,20 @@ for step in range(1, a.steps + 1):
         if a.aligned
         else torch.nn.functional.binary_cross_entropy_with_logits(head(tap.tokens), db)
     )
-    loss = out.loss + a.dense * dl
+    pl = position_loss(ids) if a.pos else torch.zeros(())
+    loss = out.loss + a.dense * dl + a.pos * pl
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     sched.step()
     opt.zero_grad()
-    hist.append((out.loss.item(), dl.item()))
+    hist.append((out.loss.item(), dl.item(), pl.item()))
     if step % 100 == 0:
         h = np.mean(hist[-100:], axis=0)
-        print(f"step {step} lm {h[0]:.3f} dense {h[1]:.3f} t {time.time() - t0:.0f}s", flush=True)
+        print(
+            f"step {step} lm {h[0]:.3f} dense {h[1]:.3f} pos {h[2]:.3f} t {time.time() - t0:.0f}s",
+            flush=True,
+        )
     if step % a.eval_every == 0 or step == a.steps:
         te = time.time()
         ev = evaluate()

@@ -12,6 +12,7 @@ from aot.datasets import ImageFolderDataset
 from aot.pipelines.selfplay.nodes import round_seed, summarize_rounds
 from aot.pipelines.selfplay.schedule import load_rounds
 from aot.selfplay import CurriculumConfig, curate
+from aot.selfplay.curriculum import balanced_replay
 from aot.selfplay.metrics import attack_outcomes
 
 
@@ -80,8 +81,59 @@ def test_curate_falls_back_to_clean_data_when_nothing_fools() -> None:
     assert (mixed["source"] == "replay").all() and len(mixed) == 3
 
 
+def _labelled_clean() -> pd.DataFrame:
+    # three existence questions per scene (as the source table has), half of them "Yes"
+    rows = [("existence", "Yes")] * 30 + [("existence", "No")] * 30
+    rows += [("attribute", c) for c in ("red", "blue", "green") for _ in range(5)]
+    return pd.DataFrame(
+        {
+            "record_id": [f"c{i}" for i in range(len(rows))],
+            "image": [f"s{i}" for i in range(len(rows))],
+            "family": [r[0] for r in rows],
+            "answer_text": [r[1] for r in rows],
+        }
+    )
+
+
+def test_balanced_replay_evens_out_lopsided_attacks_first() -> None:
+    # 8 fooled "Yes" existence questions, 1 "No", 1 red attribute one
+    hard = pd.DataFrame(
+        {
+            "family": ["existence"] * 9 + ["attribute"],
+            "answer_text": ["Yes"] * 8 + ["No", "red"],
+        }
+    )
+    replay = balanced_replay(hard, _labelled_clean(), 9, seed=0)
+    assert len(replay) == 9 and replay.index.is_unique
+    existence = replay[replay["family"] == "existence"]["answer_text"]
+    assert (existence == "No").sum() == 7 and (existence == "Yes").sum() == 0
+    assert sorted(replay[replay["family"] == "attribute"]["answer_text"]) == ["blue", "green"]
+    # once even, the smaller family grows first; the same seed picks the same rows
+    more = balanced_replay(hard, _labelled_clean(), 15, seed=0)
+    assert (more["family"] == "attribute").sum() == 8
+    assert list(balanced_replay(hard, _labelled_clean(), 15, seed=0).index) == list(more.index)
+
+
+def test_curate_balances_replay_unless_told_not_to() -> None:
+    attacked = _attacked().assign(family="existence", answer_text="Yes")
+    balanced, _ = curate(attacked, _labelled_clean(), CurriculumConfig(min_size=10), seed=0)
+    replay = balanced[balanced["source"] == "replay"]
+    assert (replay["answer_text"] == "No").sum() == 2  # the two fooled "Yes" rows, evened out
+    uniform, _ = curate(
+        attacked, _labelled_clean(), CurriculumConfig(min_size=10, balance_replay=False), seed=0
+    )
+    assert len(uniform) == len(balanced) == 10
+
+
 @pytest.mark.parametrize(
-    "bad", [{"replay_fraction": 1.0}, {"k": 0}, {"min_wrong_rate": 2}, {"nope": 1}]
+    "bad",
+    [
+        {"replay_fraction": 1.0},
+        {"balance_replay": "yes"},
+        {"k": 0},
+        {"min_wrong_rate": 2},
+        {"nope": 1},
+    ],
 )
 def test_curriculum_config_names_the_bad_key(bad: dict) -> None:
     key = next(iter(bad))

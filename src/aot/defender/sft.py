@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -189,17 +190,42 @@ class TimeBudget(TrainerCallback):
 
 
 def _dataset(examples: Sequence[SFTExample], n_tokens: int) -> Dataset:
-    empty = np.zeros((n_tokens, len(DENSE_LABELS)), dtype=np.float32)
-    rows = []
+    """The examples as a `datasets.Dataset` whose rows carry their image under `images`.
+
+    Each distinct image is kept once, in memory, and attached when a row is read (a format
+    transform). Putting the images into the table itself would PNG-encode one copy per
+    conversation: with 8 conversations per image that was most of pretraining's 4 GB peak.
+    """
+    images: list[Image.Image] = []
+    key_of: dict[int, int] = {}
+    keys = []
     for e in examples:
-        rows.append(
-            {
-                "images": [e.image],
-                "messages": e.messages(),
-                "dense": (e.dense if e.dense is not None else empty).reshape(-1).tolist(),
-            }
-        )
-    return Dataset.from_list(rows)
+        if id(e.image) not in key_of:
+            key_of[id(e.image)] = len(images)
+            images.append(e.image)
+        keys.append(key_of[id(e.image)])
+    empty = np.zeros((n_tokens, len(DENSE_LABELS)), dtype=np.float32)
+    table = Dataset.from_dict(
+        {
+            "image_key": keys,
+            "messages": [e.messages() for e in examples],
+            # image sizes may differ (source and extended scenes), so one array per row
+            "dense": [
+                np.asarray(e.dense if e.dense is not None else empty, np.float32).reshape(-1)
+                for e in examples
+            ],
+        }
+    )
+    table.set_transform(partial(_attach_images, images=images))
+    return table
+
+
+def _attach_images(batch: dict[str, list], images: Sequence[Image.Image]) -> dict[str, list]:
+    return {
+        "images": [[images[k]] for k in batch["image_key"]],
+        "messages": batch["messages"],
+        "dense": batch["dense"],
+    }
 
 
 def _image_tokens(defender: Defender, image: Image.Image) -> int:

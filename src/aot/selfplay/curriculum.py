@@ -48,6 +48,8 @@ class CurriculumConfig:
     replay_fraction: float = 0.5  # share of clean records in the mixed curriculum
     max_size: int | None = 400  # cap on attacked rows (hardest first)
     min_size: int = 64  # replayed clean rows fill the curriculum up to this size
+    # Replayed rows even out the answers of each family, then the families (see balanced_replay).
+    balance_replay: bool = True
     batch_size: int = 32
     reward: dict[str, Any] = field(default_factory=dict)  # AttackRewardConfig overrides
 
@@ -69,6 +71,11 @@ class CurriculumConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0 <= value <= 1:
                 raise ValueError(f"selfplay.curriculum.{name} must be in [0, 1], got {value!r}")
+        if not isinstance(self.balance_replay, bool):
+            raise ValueError(
+                f"selfplay.curriculum.balance_replay must be true or false, got "
+                f"{self.balance_replay!r}"
+            )
         if self.replay_fraction == 1:
             raise ValueError("selfplay.curriculum.replay_fraction must be < 1")
         if not isinstance(self.noise_level, int | float) or self.noise_level <= 0:
@@ -171,6 +178,40 @@ def attack_records(
     return pd.DataFrame(rows), edited_images
 
 
+def balanced_replay(hard: pd.DataFrame, clean: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """``n`` clean rows that even out the curriculum's answers, then its families.
+
+    Why: attacks that fool the Defender are lopsided (in the default run most fooled existence
+    questions were "Yes" ones, and the clean table holds three existence questions per scene), so
+    a uniform replay taught DAPO "Yes" (round 2: clean yes-ratio 0.87 -> 0.97). Each pick goes to
+    the family whose answer counts are furthest apart, once all are even to the family with the
+    fewest rows; within it, to its rarest answer; the row itself at random.
+    """
+    rng = np.random.default_rng(seed)
+    pool = {
+        key: list(rng.permutation(group.index.to_numpy()))
+        for key, group in clean.groupby(["family", "answer_text"], sort=True)
+    }
+    answers: dict[str, dict[str, int]] = {}
+    for family, answer in pool:
+        answers.setdefault(family, {})[answer] = 0
+    for family, answer in zip(hard.get("family", []), hard.get("answer_text", []), strict=True):
+        if family in answers and answer in answers[family]:
+            answers[family][answer] += 1
+    picked: list[Any] = []
+    for _ in range(min(n, len(clean))):
+        open_answers = {f: {a: c for a, c in cs.items() if pool[f, a]} for f, cs in answers.items()}
+        open_answers = {f: cs for f, cs in open_answers.items() if cs}
+        if not open_answers:
+            break
+        gap = {f: max(answers[f].values()) - min(cs.values()) for f, cs in open_answers.items()}
+        family = min(open_answers, key=lambda f: (-gap[f], sum(answers[f].values()), f))
+        answer = min(open_answers[family], key=lambda a: (open_answers[family][a], a))
+        picked.append(pool[family, answer].pop())
+        answers[family][answer] += 1
+    return clean.loc[picked]
+
+
 def curate(
     attacked: pd.DataFrame,
     clean: pd.DataFrame,
@@ -189,7 +230,10 @@ def curate(
     n_replay = round(len(hard) * config.replay_fraction / (1 - config.replay_fraction))
     # Too few fooling edits (or none): replayed clean data fills the batch DAPO needs.
     n_replay = min(max(n_replay, config.min_size - len(hard)), len(clean))
-    replay = clean.sample(n=n_replay, random_state=seed) if n_replay else clean.head(0)
+    if config.balance_replay and {"family", "answer_text"} <= set(clean.columns):
+        replay = balanced_replay(hard, clean, n_replay, seed)
+    else:
+        replay = clean.sample(n=n_replay, random_state=seed) if n_replay else clean.head(0)
     mixed = pd.concat(
         [hard.assign(source="attack"), replay.assign(source="replay", clean_image=replay["image"])],
         ignore_index=True,
