@@ -95,7 +95,7 @@ def _labelled_clean() -> pd.DataFrame:
     )
 
 
-def test_balanced_replay_evens_out_lopsided_attacks_first() -> None:
+def test_balanced_replay_restores_the_answer_mix_of_lopsided_attacks_first() -> None:
     # 8 fooled "Yes" existence questions, 1 "No", 1 red attribute one
     hard = pd.DataFrame(
         {
@@ -106,19 +106,39 @@ def test_balanced_replay_evens_out_lopsided_attacks_first() -> None:
     replay = balanced_replay(hard, _labelled_clean(), 9, seed=0)
     assert len(replay) == 9 and replay.index.is_unique
     existence = replay[replay["family"] == "existence"]["answer_text"]
-    assert (existence == "No").sum() == 7 and (existence == "Yes").sum() == 0
-    assert sorted(replay[replay["family"] == "attribute"]["answer_text"]) == ["blue", "green"]
-    # once even, the smaller family grows first; the same seed picks the same rows
+    # "No" until "Yes" is less than one row above its clean half: 8 Yes, 7 No
+    assert (existence == "No").sum() == 6 and (existence == "Yes").sum() == 0
+    assert sorted(replay[replay["family"] == "attribute"]["answer_text"]) == [
+        "blue",
+        "green",
+        "red",
+    ]
+    # then the smaller family grows; the same seed picks the same rows
     more = balanced_replay(hard, _labelled_clean(), 15, seed=0)
-    assert (more["family"] == "attribute").sum() == 8
+    assert (more["family"] == "attribute").sum() == 9
     assert list(balanced_replay(hard, _labelled_clean(), 15, seed=0).index) == list(more.index)
+
+
+def test_balanced_replay_keeps_a_skewed_clean_answer_mix() -> None:
+    # most counts are 1: the replay must keep that prior, not make every count equally common
+    clean = pd.DataFrame(
+        {
+            "record_id": [f"c{i}" for i in range(16)],
+            "image": [f"s{i}" for i in range(16)],
+            "family": ["count"] * 16,
+            "answer_text": ["1"] * 12 + ["2"] * 4,
+        }
+    )
+    replay = balanced_replay(clean.head(0), clean, 8, seed=0)
+    assert list(replay["answer_text"].value_counts().sort_index()) == [6, 2]
 
 
 def test_curate_balances_replay_unless_told_not_to() -> None:
     attacked = _attacked().assign(family="existence", answer_text="Yes")
     balanced, _ = curate(attacked, _labelled_clean(), CurriculumConfig(min_size=10), seed=0)
-    replay = balanced[balanced["source"] == "replay"]
-    assert (replay["answer_text"] == "No").sum() == 2  # the two fooled "Yes" rows, evened out
+    existence = balanced[balanced["family"] == "existence"]["answer_text"]
+    assert abs((existence == "Yes").sum() - (existence == "No").sum()) <= 1
+    assert (balanced["family"] == "attribute").sum() >= 4  # not 69% existence like the table
     uniform, _ = curate(
         attacked, _labelled_clean(), CurriculumConfig(min_size=10, balance_replay=False), seed=0
     )

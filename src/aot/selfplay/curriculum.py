@@ -48,7 +48,7 @@ class CurriculumConfig:
     replay_fraction: float = 0.5  # share of clean records in the mixed curriculum
     max_size: int | None = 400  # cap on attacked rows (hardest first)
     min_size: int = 64  # replayed clean rows fill the curriculum up to this size
-    # Replayed rows even out the answers of each family, then the families (see balanced_replay).
+    # Replayed rows restore each family's clean answer mix, then even out the families.
     balance_replay: bool = True
     batch_size: int = 32
     reward: dict[str, Any] = field(default_factory=dict)  # AttackRewardConfig overrides
@@ -179,36 +179,54 @@ def attack_records(
 
 
 def balanced_replay(hard: pd.DataFrame, clean: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """``n`` clean rows that even out the curriculum's answers, then its families.
+    """``n`` clean rows that restore each family's answer mix in the curriculum, then even out
+    the families.
 
     Why: attacks that fool the Defender are lopsided (in the default run most fooled existence
-    questions were "Yes" ones, and the clean table holds three existence questions per scene), so
-    a uniform replay taught DAPO "Yes" (round 2: clean yes-ratio 0.87 -> 0.97). Each pick goes to
-    the family whose answer counts are furthest apart, once all are even to the family with the
-    fewest rows; within it, to its rarest answer; the row itself at random.
+    questions were "Yes" ones, and the clean table holds six existence questions per scene), so
+    a uniform replay taught DAPO "Yes" (round 2: clean yes-ratio 0.87 -> 0.97). The answer mix
+    to restore is the clean table's own, not a uniform one: most counts are 1, and a replay with
+    every count equally often took round 2's count accuracy from 0.78 to 0.0. Each pick goes to
+    the family whose answers are furthest (at least one row) above their clean shares, else to
+    the family with the fewest rows; within it, to the answer furthest below its clean share;
+    the row itself at random.
     """
     rng = np.random.default_rng(seed)
     pool = {
         key: list(rng.permutation(group.index.to_numpy()))
         for key, group in clean.groupby(["family", "answer_text"], sort=True)
     }
-    answers: dict[str, dict[str, int]] = {}
-    for family, answer in pool:
-        answers.setdefault(family, {})[answer] = 0
-    for family, answer in zip(hard.get("family", []), hard.get("answer_text", []), strict=True):
-        if family in answers and answer in answers[family]:
-            answers[family][answer] += 1
+    share = {key: len(rows) / (clean["family"] == key[0]).sum() for key, rows in pool.items()}
+    counts = dict.fromkeys(pool, 0)
+    for key in zip(hard.get("family", []), hard.get("answer_text", []), strict=True):
+        if key in counts:
+            counts[key] += 1
+    families = sorted({f for f, _ in pool})
+    size = {f: sum(c for (g, _), c in counts.items() if g == f) for f in families}
     picked: list[Any] = []
     for _ in range(min(n, len(clean))):
-        open_answers = {f: {a: c for a, c in cs.items() if pool[f, a]} for f, cs in answers.items()}
-        open_answers = {f: cs for f, cs in open_answers.items() if cs}
-        if not open_answers:
+        open_keys = [key for key in pool if pool[key]]
+        if not open_keys:
             break
-        gap = {f: max(answers[f].values()) - min(cs.values()) for f, cs in open_answers.items()}
-        family = min(open_answers, key=lambda f: (-gap[f], sum(answers[f].values()), f))
-        answer = min(open_answers[family], key=lambda a: (open_answers[family][a], a))
-        picked.append(pool[family, answer].pop())
-        answers[family][answer] += 1
+        # excess of the family's most over-represented answer over its clean share, in rows
+        excess = {
+            f: max(counts[key] - share[key] * size[f] for key in pool if key[0] == f)
+            for f in families
+        }
+        candidates = [f for f in families if any(k[0] == f for k in open_keys)]
+        skewed = [f for f in candidates if excess[f] >= 1]
+        family = (
+            max(skewed, key=lambda f: (excess[f], f))
+            if skewed
+            else min(candidates, key=lambda f: (size[f], f))
+        )
+        key = max(
+            (k for k in open_keys if k[0] == family),
+            key=lambda k: (share[k] * (size[family] + 1) - counts[k], k[1]),
+        )
+        picked.append(pool[key].pop())
+        counts[key] += 1
+        size[family] += 1
     return clean.loc[picked]
 
 

@@ -1,0 +1,186 @@
+"""Where a pipeline's wall time goes: model forward, backward, optimizer, and everything else.
+
+Run: `.venv/bin/python benchmarks/bench_overhead.py --env base --pipeline selfplay
+--namespaces selfplay.round_1` (after `dvc repro`, which made the round's inputs).
+The project's conf/ and data/ are copied to a temporary folder and the pipeline runs there,
+in-process through a KedroSession, so data/ is left as it was. Timers wrap the forward of every
+model class the project trains or queries (the Qwen2.5-VL Defender, the Attacker's UNet and
+edit planner, a Qwen-Image-Edit transformer), `torch.Tensor.backward` / `torch.autograd.backward`,
+and the optimizers' `step`; nested calls count once. "Overhead" is the rest: Kedro, dataset
+I/O, image processing, tokenising, sampling loops in Python, rewards. Per-node shares come from
+Kedro's node hooks. Writes benchmarks/results/overhead_<env>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("bench_overhead")
+
+
+class Clock:
+    """Seconds spent per kind (forward, backward, optimizer), outermost call only."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._depth = 0
+
+    def wrap(self, kind: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if self._depth:
+                return fn(*args, **kwargs)
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[kind] += time.perf_counter() - start
+                self._depth -= 1
+
+        return timed
+
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+def _model_classes() -> list[type]:
+    from diffusers import UNet2DModel
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from aot.attacker.planner import EditPlanner
+
+    classes: list[type] = [Qwen2_5_VLForConditionalGeneration, UNet2DModel, EditPlanner]
+    try:
+        from diffusers import QwenImageTransformer2DModel
+
+        classes.append(QwenImageTransformer2DModel)
+    except ImportError:  # older diffusers: the tiny default does not need it
+        pass
+    return classes
+
+
+def instrument(clock: Clock) -> None:
+    for cls in _model_classes():
+        cls.forward = clock.wrap("forward", cls.forward)
+    torch.Tensor.backward = clock.wrap("backward", torch.Tensor.backward)
+    torch.autograd.backward = clock.wrap("backward", torch.autograd.backward)
+    for cls in (torch.optim.AdamW, torch.optim.Adam):
+        cls.step = clock.wrap("optimizer", cls.step)
+
+
+class NodeTimes:
+    """Kedro hooks: wall and model seconds per node."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.rows: list[tuple[str, float, float]] = []
+        self._start: tuple[float, float] = (0.0, 0.0)
+
+    def before_node_run(self, node: Any) -> None:
+        self._start = (time.perf_counter(), self.clock.total())
+
+    def after_node_run(self, node: Any) -> None:
+        wall = time.perf_counter() - self._start[0]
+        self.rows.append((node.name, wall, self.clock.total() - self._start[1]))
+
+
+def run(env: str, pipeline: str, namespaces: list[str] | None) -> tuple[Clock, NodeTimes, float]:
+    from kedro.framework.hooks import hook_impl
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    clock = Clock()
+    instrument(clock)
+    nodes = NodeTimes(clock)
+
+    class Hooks:
+        @hook_impl
+        def before_node_run(self, node: Any) -> None:
+            nodes.before_node_run(node)
+
+        @hook_impl
+        def after_node_run(self, node: Any) -> None:
+            nodes.after_node_run(node)
+
+    with tempfile.TemporaryDirectory(prefix="aot-overhead-") as tmp:
+        project = Path(tmp)
+        for name in ("conf", "data"):
+            shutil.copytree(ROOT / name, project / name, symlinks=True)
+        shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
+        bootstrap_project(project)
+        cwd = os.getcwd()
+        os.chdir(project)
+        try:
+            start = time.perf_counter()
+            with KedroSession.create(project_path=project, env=env) as session:
+                session._hook_manager.register(Hooks())  # no public way to add a hook here
+                session.run(pipeline_names=[pipeline], namespaces=namespaces)
+            wall = time.perf_counter() - start
+        finally:
+            os.chdir(cwd)
+    return clock, nodes, wall
+
+
+def report(clock: Clock, nodes: NodeTimes, wall: float, title: str) -> str:
+    model = clock.total()
+    lines = [
+        f"# Overhead: {title}",
+        "",
+        f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()} at start. Measured with "
+        "`benchmarks/bench_overhead.py` (see its docstring for what is timed).",
+        "",
+        "| part | seconds | share of wall |",
+        "|---|---|---|",
+        *[
+            f"| model {kind} | {s:.1f} | {s / wall:.1%} |"
+            for kind, s in sorted(clock.seconds.items())
+        ],
+        f"| **outside forward, backward and optimizer** | **{wall - model:.1f}** | "
+        f"**{(wall - model) / wall:.1%}** |",
+        f"| wall (session run) | {wall:.1f} | 100% |",
+        "",
+        "| node | wall s | model s | outside s (share of node) |",
+        "|---|---|---|---|",
+        *[
+            f"| {name} | {w:.1f} | {m:.1f} | {w - m:.1f} ({(w - m) / max(w, 1e-9):.0%}) |"
+            for name, w, m in sorted(nodes.rows, key=lambda r: -(r[1] - r[2]))
+        ],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--env", default="base")
+    parser.add_argument("--pipeline", default="selfplay")
+    parser.add_argument("--namespaces", nargs="*", default=["selfplay.round_1"])
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/overhead_<env>.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    clock, nodes, wall = run(args.env, args.pipeline, args.namespaces or None)
+    title = f"`kedro run --env {args.env} --pipelines {args.pipeline}"
+    title += f" --namespaces {','.join(args.namespaces)}`" if args.namespaces else "`"
+    text = report(clock, nodes, wall, title)
+    out = (
+        Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"overhead_{args.env}.md"
+    )
+    out.write_text(text)
+    logger.info(text)
+
+
+if __name__ == "__main__":
+    main()
