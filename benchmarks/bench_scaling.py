@@ -82,6 +82,7 @@ def measure(scale: int, work: str) -> dict[str, float]:
         for name in ("conf", "data"):
             shutil.copytree(ROOT / name, project / name, symlinks=True)
         shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
+        shutil.copytree(ROOT / "src" / "aot", project / "src" / "aot")  # the CLI wants src/
         data_s, _ = _kedro(
             project, ["--pipelines", "bootstrap_dataset", "--tags", "source_data", "--params", cli]
         )
