@@ -136,3 +136,32 @@ def test_make_seeds_runs_the_module_with_env_and_seeds() -> None:
     )
     assert dry.returncode == 0, dry.stderr
     assert ".venv/bin/python -m aot.evaluation.seeds run --env smoke --seeds 42 43" in dry.stdout
+
+
+def test_group_means_average_suites_per_seed_then_spread_over_seeds() -> None:
+    from aot.evaluation.seeds import group_means, suite_group
+
+    by_seed = {
+        1: {
+            "m/attacked_cold/greedy/accuracy/overall": 0.2,
+            "m/attacked_round_1/greedy/accuracy/overall": 0.4,  # seed 1's attacked mean 0.3
+            "m/unseen_blur/greedy/accuracy/overall": 0.5,
+            "m/pope_random/greedy/accuracy/overall": 0.9,  # in no group
+        },
+        2: {
+            "m/attacked_cold/greedy/accuracy/overall": 0.6,
+            "m/attacked_round_1/greedy/accuracy/overall": 0.4,  # seed 2's attacked mean 0.5
+            "m/unseen_blur/greedy/accuracy/overall": 0.5,
+        },
+    }
+    groups = group_means(summarize_seeds(by_seed)).set_index(["model", "group", "protocol"])
+    attacked = groups.loc[("m", "attacked", "greedy")]
+    assert attacked["mean"] == pytest.approx(0.4)
+    assert attacked["std"] == pytest.approx(math.sqrt(0.02))  # of 0.3 and 0.5, ddof=1
+    assert [attacked["min"], attacked["max"]] == pytest.approx([0.3, 0.5])
+    assert attacked["n_seeds"] == 2
+    assert groups.loc[("m", "unseen", "greedy"), "std"] == 0.0
+    assert set(groups.index.get_level_values("group")) == {"attacked", "unseen"}
+    assert suite_group("clean") == "clean" and suite_group("pope_random") is None
+    text = summary_markdown(summarize_seeds(by_seed))
+    assert "| attacked | 0.400 ± 0.141 / – |" in text

@@ -115,6 +115,57 @@ def summarize_seeds(
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
+def suite_group(suite: str) -> str | None:
+    """The group a suite is averaged into: ``clean``, ``attacked`` (every Attacker's suite) or
+    ``unseen`` (every unseen manipulation); None for the rest (POPE splits, benchmarks)."""
+    if suite == "clean":
+        return "clean"
+    for prefix, group in (("attacked_", "attacked"), ("unseen_", "unseen")):
+        if suite.startswith(prefix):
+            return group
+    return None
+
+
+def group_means(summary: pd.DataFrame, metric: str = "accuracy/overall") -> pd.DataFrame:
+    """Per model x group x protocol: each seed's mean of ``metric`` over the group's suites
+    (see :func:`suite_group`), then the mean, sample std and min–max of those over the seeds.
+
+    Read from ``summary``'s per-seed ``values``, so the spread is the seed-to-seed spread of the
+    group mean, not an average of per-suite spreads. A seed is averaged over the suites it has.
+    """
+    rows = []
+    for row in summary[summary["metric"] == metric].itertuples():
+        group = suite_group(row.suite)
+        if group is None:
+            continue
+        for seed, value in zip(str(row.seeds).split(), str(row.values).split(), strict=True):
+            rows.append((row.model, group, row.protocol, int(seed), float(value)))
+    columns = ["model", "group", "protocol", "n_seeds", "mean", "std", "min", "max"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    per_seed = (
+        pd.DataFrame(rows, columns=["model", "group", "protocol", "seed", "value"])
+        .groupby(["model", "group", "protocol", "seed"], sort=False)["value"]
+        .mean()
+    )
+    out = []
+    for (model, group, protocol), values in per_seed.groupby(level=[0, 1, 2], sort=False):
+        spread = mean_and_spread(values.tolist())
+        out.append(
+            (
+                model,
+                group,
+                protocol,
+                spread["n"],
+                spread["mean"],
+                spread["std"],
+                float(values.min()),
+                float(values.max()),
+            )
+        )
+    return pd.DataFrame(out, columns=columns)
+
+
 def summary_markdown(summary: pd.DataFrame, metric: str = "accuracy/overall") -> str:
     """One table per protocol: a row per suite, a column per model, cells
     ``mean ± std (min–max)`` of ``metric`` over the seeds."""
@@ -128,6 +179,34 @@ def summary_markdown(summary: pd.DataFrame, metric: str = "accuracy/overall") ->
         "k runs. Every summarised metric, with each seed's value, is in summary.csv.",
         "",
     ]
+    groups = group_means(summary, metric)
+    if not groups.empty:
+        models = _model_order(groups["model"])
+        lines += [
+            "## suite groups (greedy / strict)",
+            "",
+            "Each seed's mean over the group's suites (every Attacker; every unseen "
+            "manipulation), then mean ± std over the seeds.",
+            "",
+            "| group | " + " | ".join(models) + " |",
+            "|---" * (len(models) + 1) + "|",
+        ]
+        by_key = groups.set_index(["model", "group", "protocol"])
+        for group in ("clean", "attacked", "unseen"):
+            if group not in set(groups["group"]):
+                continue
+            cells = []
+            for model in models:
+                parts = [
+                    f"{by_key.loc[(model, group, p), 'mean']:.3f} ± "
+                    f"{by_key.loc[(model, group, p), 'std']:.3f}"
+                    if (model, group, p) in by_key.index
+                    else "–"
+                    for p in ("greedy", "strict")
+                ]
+                cells.append(" / ".join(parts))
+            lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        lines.append("")
     for protocol, table in chosen.groupby("protocol", sort=False):
         models = _model_order(table["model"])
         lines += [f"## {protocol}", "", "| suite | " + " | ".join(models) + " |"]
