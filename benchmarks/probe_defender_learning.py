@@ -58,6 +58,14 @@ p.add_argument("--pos", type=float, default=0.0, help="weight of the image-token
 p.add_argument(
     "--pos_layer", type=int, default=1, help="LM layer whose image tokens name their row/col"
 )
+p.add_argument(
+    "--balance",
+    type=int,
+    default=0,
+    help="1: draw each family's answers uniformly (over answers with >= 1%% of its questions), "
+    "so the question alone predicts nothing (count is 67%% '1' in this world)",
+)
+p.add_argument("--save", default=None, help="save the trained Defender to this folder")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 logging.basicConfig(level=logging.WARNING)
@@ -263,6 +271,26 @@ if a.turns > 1:
 pad = tok.pad_token_id
 
 
+# --balance 1: family -> answer -> question indices
+ans_idx = {}
+for f, idx in fam_idx.items():
+    groups = {}
+    for i in idx:
+        groups.setdefault(train[i]["answer_text"], []).append(i)
+    ans_idx[f] = [g for g in groups.values() if len(g) >= 0.01 * len(idx)]
+if a.balance:
+    print("balanced answers:", {f: len(v) for f, v in ans_idx.items()}, flush=True)
+
+
+def draw(f: str) -> int:
+    """One training question of family ``f`` (of a uniformly drawn answer with --balance 1)."""
+    pool = fam_idx[f]
+    if a.balance and a.turns == 1:
+        answers = ans_idx[f]
+        pool = answers[torch.randint(len(answers), (1,), generator=g).item()]
+    return pool[torch.randint(len(pool), (1,), generator=g).item()]
+
+
 def batch(ix):
     L = max(len(ids_list[i]) for i in ix)
     ids = torch.full((len(ix), L), pad)
@@ -294,21 +322,19 @@ def evaluate(n=400):
             [r["scene"].render() for r in rs], prompts, max_new_tokens=8, batch_size=64
         )
         print("  ", f, [(x[0], r["answer_text"]) for x, r in zip(ans[:4], rs[:4])], flush=True)
-        out[f] = float(
-            np.mean(
-                [
-                    correct_first_reward(
-                        x[0],
-                        r["answer"],
-                        list(r["options"]),
-                        mode=a.mode,
-                        answer_text=r["answer_text"],
-                    ).accuracy
-                    > 0
-                    for x, r in zip(ans, rs)
-                ]
-            )
-        )
+        right = [
+            correct_first_reward(
+                x[0], r["answer"], list(r["options"]), mode=a.mode, answer_text=r["answer_text"]
+            ).accuracy
+            > 0
+            for x, r in zip(ans, rs)
+        ]
+        out[f] = float(np.mean(right))
+        # balanced accuracy: the mean over answers of each answer's accuracy (prior-free)
+        by_answer = {}
+        for ok, r in zip(right, rs):
+            by_answer.setdefault(r["answer_text"], []).append(ok)
+        out[f"{f}_bal"] = float(np.mean([np.mean(v) for v in by_answer.values() if len(v) >= 5]))
     model.train()
     return out
 
@@ -318,10 +344,7 @@ t0 = time.time()
 hist = []
 for step in range(1, a.steps + 1):
     fsel = torch.randint(len(fams), (a.batch,), generator=g).tolist()
-    ix = [
-        fam_idx[fams[f]][torch.randint(len(fam_idx[fams[f]]), (1,), generator=g).item()]
-        for f in fsel
-    ]
+    ix = [draw(fams[f]) for f in fsel]
     ids, lab, am, pvb, gb, db = batch(ix)
     mm = (ids == img_tok).long()
     out = model(
@@ -361,3 +384,6 @@ for step in range(1, a.steps + 1):
             f"({time.time() - te:.0f}s)",
             flush=True,
         )
+if a.save:
+    d.save_pretrained(a.save)
+    print("saved", a.save, flush=True)
