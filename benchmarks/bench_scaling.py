@@ -38,7 +38,7 @@ ROUND = "selfplay.round_1"
 
 def _params(scale: int, work: str) -> dict[str, object]:
     base = {}
-    for name in ("parameters.yml", "parameters_selfplay.yml"):
+    for name in ("parameters.yml", "parameters_bootstrap_dataset.yml", "parameters_selfplay.yml"):
         base.update(yaml.safe_load((ROOT / "conf" / "base" / name).read_text()))
     params: dict[str, object] = {"source.n_scenes": scale * int(base["source"]["n_scenes"])}
     if work == "scaled":
@@ -79,8 +79,10 @@ def measure(scale: int, work: str) -> dict[str, float]:
     cli = ",".join(f"{k}={v}" for k, v in params.items())
     with tempfile.TemporaryDirectory(prefix=f"aot-scaling-{scale}x-") as tmp:
         project = Path(tmp)
+        # seeds/ and smoke/ hold other runs' data (make seeds, the tests): not the round's inputs
+        skip = shutil.ignore_patterns("seeds", "smoke")
         for name in ("conf", "data"):
-            shutil.copytree(ROOT / name, project / name, symlinks=True)
+            shutil.copytree(ROOT / name, project / name, symlinks=True, ignore=skip)
         shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
         shutil.copytree(ROOT / "src" / "aot", project / "src" / "aot")  # the CLI wants src/
         data_s, _ = _kedro(
