@@ -53,7 +53,7 @@ RL = dict(
     prompts_per_step=4,
     group_size=8,
     sampling_steps=3,
-    steps=24,
+    steps=36,
     planner_lr=1e-2,
     lr=1e-4,
     quality_every=0,
@@ -68,6 +68,11 @@ RL = dict(
 # / 0.057 / 0.055 / 0.039. Integrity pass rate 1.0 throughout. The Defender answers 31% of the
 # held-out items right 3 times out of 3 on the clean image.
 MARGIN = 0.015
+# 96 scenes x 4 edits and 24 steps (the numbers above) left a standard error of about 0.012 on
+# each success rate, close to the margin: on another CPU model (2026-12-02, AVX-512/AMX) that
+# test measured 0.060 -> 0.068 and failed. Now 192 x 8 edits (about 0.005) and 36 steps; there:
+# 0.066 -> 0.082 at 24 steps, 0.066 -> 0.089 at 36.
+HELD_OUT_SCENES, HELD_OUT_EDITS = 192, 8
 
 
 def _records(n_scenes: int, seed: int) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
@@ -109,7 +114,7 @@ def warmed_up_defender() -> Defender:
 def test_flow_grpo_raises_attack_success_on_held_out_scenes(warmed_up_defender: Defender) -> None:
     defender = warmed_up_defender
     train, train_images, train_graphs = _records(64, seed=0)
-    held, held_images, held_graphs = _records(96, seed=1)
+    held, held_images, held_graphs = _records(HELD_OUT_SCENES, seed=1)
     config = FlowGRPOConfig.from_dict(RL)
     items = build_items(train, train_images, config.planner, train_graphs)
     held_items = build_items(held, held_images, config.planner, held_graphs)
@@ -125,7 +130,7 @@ def test_flow_grpo_raises_attack_success_on_held_out_scenes(warmed_up_defender: 
     trainer = FlowGRPOTrainer(editor, items, config, reward, seed=0)
 
     def held_out() -> tuple[float, float]:
-        rollout = trainer.rollout(held_items, 4, torch.Generator().manual_seed(7))
+        rollout = trainer.rollout(held_items, HELD_OUT_EDITS, torch.Generator().manual_seed(7))
         scores = reward(rollout)
         return float(scores["reward"].mean()), float(np.mean(scores["gate"]))
 
