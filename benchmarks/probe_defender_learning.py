@@ -67,6 +67,8 @@ p.add_argument(
 )
 p.add_argument("--save", default=None, help="save the trained Defender to this folder")
 a = p.parse_args()
+if a.balance and a.turns > 1:
+    p.error("--balance draws one question at a time: use it with --turns 1")
 torch.set_num_threads(a.threads)
 logging.basicConfig(level=logging.WARNING)
 fams = a.families.split(",")
@@ -285,7 +287,7 @@ if a.balance:
 def draw(f: str) -> int:
     """One training question of family ``f`` (of a uniformly drawn answer with --balance 1)."""
     pool = fam_idx[f]
-    if a.balance and a.turns == 1:
+    if a.balance:
         answers = ans_idx[f]
         pool = answers[torch.randint(len(answers), (1,), generator=g).item()]
     return pool[torch.randint(len(pool), (1,), generator=g).item()]

@@ -7,12 +7,15 @@ evaluation's own greedy protocol (``aot.evaluation.protocols.answer_table``, wor
 times: with the scene's image; with a blank image of the same size in the scene's background
 colour (its top-left pixel); with the image of another test scene (a fixed permutation). A
 Defender that reads the image answers differently when the image changes; one that answers from
-the question alone gives the same answer on all three and scores the answer prior.
+the question alone gives the same answer on all three and scores the answer prior. An unparsed
+answer never counts as "the same", so the "same answer" shares are lower bounds.
 
 Run after ``dvc repro`` (it reads data/02_intermediate/extended and data/06_models)::
 
-    .venv/bin/python benchmarks/probe_image_dependence.py \
-        data/06_models/defender_base data/06_models/defender_sft
+    .venv/bin/python benchmarks/probe_image_dependence.py data/06_models/defender_sft
+    # the base Defender learned the world on short prompts: ask it with those
+    .venv/bin/python benchmarks/probe_image_dependence.py data/06_models/defender_base \
+        --style short --out /tmp/base.md
 
 Writes benchmarks/results/image_dependence.md (``--out``).
 """

@@ -70,7 +70,7 @@ RL = dict(
 MARGIN = 0.015
 # 96 scenes x 4 edits and 24 steps (the numbers above) left a standard error of about 0.012 on
 # each success rate, close to the margin: on another CPU model (2026-12-02, AVX-512/AMX) that
-# test measured 0.060 -> 0.068 and failed. Now 192 x 8 edits (about 0.005) and 36 steps; there:
+# test measured 0.060 -> 0.068 and failed. Now 192 x 8 edits (about 0.006) and 36 steps; there:
 # 0.066 -> 0.082 at 24 steps, 0.066 -> 0.089 at 36.
 HELD_OUT_SCENES, HELD_OUT_EDITS = 192, 8
 
