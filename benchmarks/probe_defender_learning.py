@@ -5,11 +5,14 @@ are pre-processed once and the loop is bare, so recipes can be compared in minut
 loss line every 100 steps and greedy accuracy per family every `--eval_every` steps.
 Example: `.venv/bin/python benchmarks/probe_defender_learning.py --scenes 3000 --steps 2500
 --layers 4 --short 1 --batch 32 --lr 1e-3 --threads 2`.
+`--match 1` adds question grounding (what the pipeline's `grounding_weight` does; results in
+benchmarks/results/defender_grounding.md); `--relation` and `--pos` are the spatial tries there.
 Note: `mm_token_type_ids` must be passed in training, or Qwen2.5-VL trains with 1D positions and
 generates with 3D mrope positions (an early version of this probe made that mistake).
 """
 
 import argparse
+import json
 import logging
 import math
 import time
@@ -28,6 +31,7 @@ from aot.world import (
     make_questions,
     sample_scene,
 )
+from aot.world.questions import resolve, target_boxes
 
 p = argparse.ArgumentParser()
 p.add_argument("--scenes", type=int, default=3000)
@@ -65,6 +69,22 @@ p.add_argument(
     help="1: draw each family's answers uniformly (over answers with >= 1%% of its questions), "
     "so the question alone predicts nothing (count is 67%% '1' in this world)",
 )
+p.add_argument(
+    "--match",
+    type=float,
+    default=0.0,
+    help="weight of the question-conditioned match loss: after LM layer --match_layer each image "
+    "token must say whether it holds an object the question is about (spatial: a or b)",
+)
+p.add_argument("--match_layer", type=int, default=2)
+p.add_argument(
+    "--relation",
+    type=float,
+    default=0.0,
+    help="weight of the relation loss: for spatial questions, a's image token must name the "
+    "relation (left/right/above/below) after LM layer --relation_layer",
+)
+p.add_argument("--relation_layer", type=int, default=3)
 p.add_argument("--save", default=None, help="save the trained Defender to this folder")
 a = p.parse_args()
 if a.balance and a.turns > 1:
@@ -258,7 +278,69 @@ def position_loss(ids):
     return rows + cols
 
 
-params = list(model.parameters()) + list(head.parameters()) + list(pos_head.parameters())
+# Match probe: a linear head (dropped afterwards) reads, from each image token's LM hidden state
+# after layer `--match_layer`, whether that token holds an object the question is about
+# (0 none, 1 target / a, 2 b). Text comes before the image, so image tokens can see the question.
+match_head = torch.nn.Linear(a.hidden, 3)
+match_hidden = {}
+model.model.language_model.layers[a.match_layer - 1].register_forward_hook(
+    lambda m, args, out: match_hidden.__setitem__("h", out[0] if isinstance(out, tuple) else out)
+)
+
+
+def match_targets(r) -> torch.Tensor:
+    spec = json.loads(r["spec"]) if isinstance(r["spec"], str) else r["spec"]
+    scene = r["scene"]
+    target = torch.zeros(side * side, dtype=torch.long)
+    groups = (
+        [[resolve(scene, spec["a"]).box], [resolve(scene, spec["b"]).box]]
+        if spec["family"] == "spatial"
+        else [target_boxes(scene, spec)]
+    )
+    for label, boxes in enumerate(groups, start=1):
+        for box in boxes:
+            row = ((box[1] + box[3]) // 2) // 28
+            col = ((box[0] + box[2]) // 2) // 28
+            target[row * side + col] = label
+    return target
+
+
+relation_head = torch.nn.Linear(a.hidden, 4)
+relation_hidden = {}
+model.model.language_model.layers[a.relation_layer - 1].register_forward_hook(
+    lambda m, args, out: relation_hidden.__setitem__("h", out[0] if isinstance(out, tuple) else out)
+)
+REL = ("left", "right", "above", "below")
+
+
+def relation_targets(r) -> torch.Tensor:
+    """-100 everywhere but, for a spatial question, a's token, labelled with the answer."""
+    target = torch.full((side * side,), -100, dtype=torch.long)
+    if r["family"] == "spatial":
+        target[match_targets(r) == 1] = REL.index(r["answer_text"])
+    return target
+
+
+def relation_loss(ids, targets):
+    h = relation_hidden["h"][ids == img_tok].view(-1, side * side, a.hidden)
+    t = targets.reshape(-1)
+    if (t >= 0).sum() == 0:
+        return torch.zeros(())
+    return torch.nn.functional.cross_entropy(relation_head(h).reshape(-1, 4), t)
+
+
+def match_loss(ids, targets):
+    h = match_hidden["h"][ids == img_tok].view(-1, side * side, a.hidden)
+    return torch.nn.functional.cross_entropy(match_head(h).reshape(-1, 3), targets.reshape(-1))
+
+
+params = (
+    list(model.parameters())
+    + list(head.parameters())
+    + list(pos_head.parameters())
+    + list(match_head.parameters())
+    + list(relation_head.parameters())
+)
 opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
 warm = 100
 sched = torch.optim.lr_scheduler.LambdaLR(
@@ -280,6 +362,8 @@ for f, idx in fam_idx.items():
     for i in idx:
         groups.setdefault(train[i]["answer_text"], []).append(i)
     ans_idx[f] = [g for g in groups.values() if len(g) >= 0.01 * len(idx)]
+match_y = [match_targets(r) for r in train] if a.match else None
+relation_y = [relation_targets(r) for r in train] if a.relation else None
 if a.balance:
     print("balanced answers:", {f: len(v) for f, v in ans_idx.items()}, flush=True)
 
@@ -363,17 +447,23 @@ for step in range(1, a.steps + 1):
         else torch.nn.functional.binary_cross_entropy_with_logits(head(tap.tokens), db)
     )
     pl = position_loss(ids) if a.pos else torch.zeros(())
-    loss = out.loss + a.dense * dl + a.pos * pl
+    ml = match_loss(ids, torch.stack([match_y[i] for i in ix])) if a.match else torch.zeros(())
+    rl = (
+        relation_loss(ids, torch.stack([relation_y[i] for i in ix]))
+        if a.relation
+        else torch.zeros(())
+    )
+    loss = out.loss + a.dense * dl + a.pos * pl + a.match * ml + a.relation * rl
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     sched.step()
     opt.zero_grad()
-    hist.append((out.loss.item(), dl.item(), pl.item()))
+    hist.append((out.loss.item(), dl.item(), pl.item(), ml.item(), rl.item()))
     if step % 100 == 0:
         h = np.mean(hist[-100:], axis=0)
         print(
-            f"step {step} lm {h[0]:.3f} dense {h[1]:.3f} pos {h[2]:.3f} t {time.time() - t0:.0f}s",
+            f"step {step} lm {h[0]:.3f} dense {h[1]:.3f} pos {h[2]:.3f} match {h[3]:.3f} rel {h[4]:.3f} t {time.time() - t0:.0f}s",
             flush=True,
         )
     if step % a.eval_every == 0 or step == a.steps:

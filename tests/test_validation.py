@@ -90,6 +90,20 @@ def test_a_wrong_type_names_the_key_and_its_file(tmp_path: Path) -> None:
     ]
 
 
+def test_a_grounding_layer_past_the_tiny_defenders_layers_is_named(tmp_path: Path) -> None:
+    root = _conf_copy(tmp_path)
+    _edit(
+        root,
+        "conf/base/parameters_bootstrap_dataset.yml",
+        "grounding_layer: 2          #",
+        "grounding_layer: 7          #",
+    )
+    assert _errors(root) == [
+        "conf/base/parameters_bootstrap_dataset.yml: pretrain.trainer.grounding_layer is 7, but "
+        "the tiny Defender has 4 LM layers (defender.tiny.num_layers)"
+    ]
+
+
 def test_an_unknown_filler_kind_is_named(tmp_path: Path) -> None:
     root = _conf_copy(tmp_path)
     _edit(

@@ -609,7 +609,26 @@ def _sft_trainer(key: str, value: Any, ctx: _Context) -> list[Issue]:
 
     if value is not None and _mapping_issue(key, value):
         return _mapping_issue(key, value)
-    return _typed(key, lambda: DefenderSFTConfig.from_dict(value, prefix=key))
+    issues = _typed(key, lambda: DefenderSFTConfig.from_dict(value, prefix=key))
+    if issues or not value or not value.get("grounding_weight"):
+        return issues
+    # the grounding head reads one of the LM's layers: a tiny Defender's count is known here
+    defender = ctx.params.get("defender")
+    if isinstance(defender, Mapping) and defender.get("source", "tiny") == "tiny":
+        from aot.defender import TinyDefenderConfig
+
+        tiny = defender.get("tiny") if isinstance(defender.get("tiny"), Mapping) else {}
+        layers = tiny.get("num_layers", TinyDefenderConfig.num_layers)
+        layer = value.get("grounding_layer", 2)
+        if isinstance(layers, int) and layer > layers:
+            return [
+                Issue(
+                    f"{key}.grounding_layer",
+                    f"{key}.grounding_layer is {layer}, but the tiny Defender has "
+                    f"{layers} LM layers (defender.tiny.num_layers)",
+                )
+            ]
+    return issues
 
 
 def _check_pretrain(key: str, value: Any, ctx: _Context) -> list[Issue]:

@@ -6,17 +6,27 @@ embedding, must name them (multi-label; see `aot.defender.sft.DenseSFTTrainer`).
 vision tower an exact, cheap learning signal the answer tokens alone do not (the probe in
 exp-defender.md stayed at chance for 18k steps with answer-only loss), and adds no parameter, so
 the saved Defender stays a plain Qwen2.5-VL.
+
+Question grounding (`question_targets`) supervises the step after perception: the question
+comes before the image in every prompt, so each image token can see it, and after one LM layer
+each must say whether it holds what the question asks about. A linear head reads that out and
+is dropped after training. Without it the tiny Defender answered count and existence questions
+without looking (the same answer on a blank image); with it, it learned them
+(benchmarks/results/defender_grounding.md).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from aot.world import COLORS, SHAPES, Scene
+from aot.world.questions import UndefinedAnswer, resolve, target_boxes
 
 TOKEN_PIXELS = 28  # 14-px patches merged 2x2
 DENSE_LABELS: tuple[str, ...] = tuple(f"colour:{c}" for c in COLORS) + tuple(
@@ -39,6 +49,50 @@ def dense_targets(scene: Scene, min_pixels: int = 24) -> np.ndarray:
         targets[hit, colour_index[obj.color]] = 1.0
         targets[hit, shape_index[obj.shape]] = 1.0
     return targets
+
+
+QUESTION_LABELS: tuple[str, ...] = ("none", "target", "reference")
+
+
+def question_targets(scene: Scene, spec: dict[str, Any] | str) -> np.ndarray | None:
+    """(tokens,) labels: which image tokens hold what the question asks about.
+
+    1 ("target") marks the objects a question is about (the attribute's object, every object a
+    count or existence question matches, a spatial question's `a`), 2 ("reference") a spatial
+    question's `b`, 0 the rest. None when the spec has no defined answer on this scene. Each
+    object sits inside one token in the grid world (`world.grid: 28`); an object spanning
+    several tokens marks the token under its centre.
+    """
+    spec = json.loads(spec) if isinstance(spec, str) else spec
+    rows, cols = scene.height // TOKEN_PIXELS, scene.width // TOKEN_PIXELS
+    labels = np.zeros(rows * cols, dtype=np.int64)
+    try:
+        if spec["family"] == "spatial":
+            groups = [[resolve(scene, spec["a"]).box], [resolve(scene, spec["b"]).box]]
+        else:
+            groups = [target_boxes(scene, spec)]
+    except (UndefinedAnswer, KeyError):
+        return None
+    for label, boxes in enumerate(groups, start=1):
+        for x0, y0, x1, y1 in boxes:
+            row = min(((y0 + y1) // 2) // TOKEN_PIXELS, rows - 1)
+            col = min(((x0 + x1) // 2) // TOKEN_PIXELS, cols - 1)
+            labels[row * cols + col] = label
+    return labels
+
+
+class LayerTap:
+    """Captures the hidden states one LM decoder layer outputs (the question-grounding loss)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.hidden: torch.Tensor | None = None
+        self._handle = layer.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: Sequence, output: object) -> None:
+        self.hidden = output[0] if isinstance(output, tuple) else output
+
+    def remove(self) -> None:
+        self._handle.remove()
 
 
 class VisionTap:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aot.defender.dense import dense_targets
+from aot.defender.dense import dense_targets, question_targets
 from aot.defender.sft import SFTExample
 from aot.rewards import PromptStyle, make_prompt, target_completion
 from aot.world import Edit, Scene, apply_edit
@@ -72,7 +72,15 @@ def world_examples(
                 )
                 for r in chosen[:turns]
             )
-            out.append(SFTExample(image=image, turns=conversation, dense=dense))
+            # the image follows the first question, so its tokens can ground that one
+            grounding = (
+                question_targets(graphs[key], chosen[0]["spec"])
+                if dense is not None and chosen[0].get("spec")
+                else None
+            )
+            out.append(
+                SFTExample(image=image, turns=conversation, dense=dense, grounding=grounding)
+            )
     return out
 
 

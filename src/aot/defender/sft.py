@@ -26,7 +26,14 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from aot.defender.dense import DENSE_LABELS, DENSE_LOSSES, VisionTap, dense_grounding_loss
+from aot.defender.dense import (
+    DENSE_LABELS,
+    DENSE_LOSSES,
+    QUESTION_LABELS,
+    LayerTap,
+    VisionTap,
+    dense_grounding_loss,
+)
 from aot.defender.model import Defender, user_content
 
 logger = logging.getLogger(__name__)
@@ -43,6 +50,8 @@ class SFTExample:
     image: Image.Image
     turns: tuple[tuple[str, str], ...]
     dense: np.ndarray | None = None  # (image tokens, len(DENSE_LABELS)) or None for non-world data
+    # (image tokens,) aot.defender.dense.question_targets of the first turn's question, or None
+    grounding: np.ndarray | None = None
 
     def messages(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -64,6 +73,8 @@ class DefenderSFTConfig:
     lr_scheduler_type: str = "cosine"
     dense_weight: float = 1.0
     dense_loss: str = "softmax"  # aot.defender.dense.DENSE_LOSSES
+    grounding_weight: float = 0.0  # question grounding (aot.defender.dense.question_targets)
+    grounding_layer: int = 2  # the LM layer whose image-token outputs are read out for it
     lora: dict[str, Any] | None = None
     freeze_vision: bool = False
     time_budget_s: float | None = None
@@ -90,6 +101,13 @@ class DefenderSFTConfig:
             raise ValueError(f"{prefix}.learning_rate must be positive, got {config.learning_rate}")
         if config.dense_weight < 0:
             raise ValueError(f"{prefix}.dense_weight must be >= 0, got {config.dense_weight}")
+        if config.grounding_weight < 0:
+            raise ValueError(
+                f"{prefix}.grounding_weight must be >= 0, got {config.grounding_weight}"
+            )
+        layer = config.grounding_layer
+        if not isinstance(layer, int) or isinstance(layer, bool) or layer < 1:
+            raise ValueError(f"{prefix}.grounding_layer must be an integer >= 1, got {layer!r}")
         if config.dense_loss not in DENSE_LOSSES:
             raise ValueError(
                 f"{prefix}.dense_loss must be one of {DENSE_LOSSES}, got {config.dense_loss!r}"
@@ -127,6 +145,7 @@ class DenseCollator(DataCollatorForVisionLanguageModeling):
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         dense = [np.asarray(e.pop("dense"), dtype=np.float32) for e in examples]
+        grounding = [np.asarray(e.pop("grounding", []), dtype=np.int64) for e in examples]
         for e in examples:
             e.pop("has_dense", None)
         batch = super().torch_call(examples)
@@ -134,25 +153,86 @@ class DenseCollator(DataCollatorForVisionLanguageModeling):
         batch["dense_targets"] = torch.from_numpy(
             np.concatenate([d.reshape(-1, width) for d in dense])
         )
+        image_tokens = (batch["input_ids"] == self.processor.image_token_id).sum(dim=1).tolist()
+        rows = []
+        for targets, n in zip(grounding, image_tokens, strict=True):
+            if targets.size == 0:
+                targets = np.full(n, -1, dtype=np.int64)
+            elif targets.size != n:
+                raise ValueError(
+                    f"question grounding targets cover {targets.size} image tokens, the image "
+                    f"has {n}"
+                )
+            rows.append(targets)
+        batch["grounding_targets"] = torch.from_numpy(np.concatenate(rows))
         return batch
 
 
 class DenseSFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss adds `dense_weight` x the dense grounding loss (TRL has no such term)."""
+    """SFTTrainer whose loss adds the dense and the question grounding losses (TRL has neither).
+
+    `dense_weight` x the dense grounding loss, and `grounding_weight` x the cross-entropy of a
+    linear head (`grounding_head`, trained here and never saved) that reads, from the image
+    tokens' hidden states after LM layer `grounding_layer`, which tokens hold what the question
+    asks about (`aot.defender.dense.question_targets`; -1 marks examples without targets).
+    """
 
     def __init__(
-        self, *args: Any, dense_weight: float = 1.0, dense_loss: str = "softmax", **kwargs: Any
+        self,
+        *args: Any,
+        dense_weight: float = 1.0,
+        dense_loss: str = "softmax",
+        grounding_weight: float = 0.0,
+        grounding_layer: int = 2,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.dense_weight = dense_weight
         self.dense_loss = dense_loss
+        self.grounding_weight = grounding_weight
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self._tap = VisionTap(base)
         self._lm_head = base.lm_head
         self._columns, self._label_of_column = dense_readout(self.processing_class.tokenizer)
+        self._image_token_id = base.config.image_token_id
+        self._layer_tap: LayerTap | None = None
+        self.grounding_head: torch.nn.Linear | None = None
+        self._head_in_optimizer = False
+        if grounding_weight > 0:
+            layers = base.model.language_model.layers
+            if grounding_layer > len(layers):
+                raise ValueError(
+                    f"grounding_layer {grounding_layer} is past the Defender's {len(layers)} "
+                    "LM layers"
+                )
+            self._layer_tap = LayerTap(layers[grounding_layer - 1])
+            hidden = base.config.text_config.hidden_size
+            self.grounding_head = torch.nn.Linear(hidden, len(QUESTION_LABELS)).to(base.device)
+
+    def create_optimizer(self):  # noqa: ANN201
+        """TRL's optimizer, plus the grounding head's parameters in a group of their own."""
+        optimizer = super().create_optimizer()
+        if self.grounding_head is not None and not self._head_in_optimizer:
+            optimizer.add_param_group(
+                {"params": list(self.grounding_head.parameters()), "weight_decay": 0.0}
+            )
+            self._head_in_optimizer = True
+        return optimizer
+
+    def _grounding_loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        hidden = self._layer_tap.hidden[input_ids == self._image_token_id]
+        logits = self.grounding_head(hidden)
+        return torch.nn.functional.cross_entropy(logits, targets.to(logits.device), ignore_index=-1)
+
+    def remove_taps(self) -> None:
+        self._tap.remove()
+        if self._layer_tap is not None:
+            self._layer_tap.remove()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         targets = inputs.pop("dense_targets", None)
+        grounding = inputs.pop("grounding_targets", None)
+        input_ids = inputs["input_ids"]
         # Never ask TRL for the outputs here: with return_outputs=True it runs a second forward
         # under no_grad, which costs a full pass and overwrites the tapped image tokens with
         # detached ones, so the dense loss would stop reaching the vision tower.
@@ -165,6 +245,16 @@ class DenseSFTTrainer(SFTTrainer):
             loss = loss + self.dense_weight * dense
             mode = "train" if model.training else "eval"
             self._metrics[mode]["dense_loss"].append(float(dense.detach()))
+        if (
+            self.grounding_head is not None
+            and grounding is not None
+            and bool((grounding >= 0).any())
+            and self._layer_tap.hidden is not None
+        ):
+            question = self._grounding_loss(input_ids, grounding)
+            loss = loss + self.grounding_weight * question
+            mode = "train" if model.training else "eval"
+            self._metrics[mode]["grounding_loss"].append(float(question.detach()))
         if return_outputs:  # only the deprecated compute_metrics path asks; it gets TRL's outputs
             with torch.no_grad():
                 return loss, model(**inputs)
@@ -214,6 +304,11 @@ def _dataset(examples: Sequence[SFTExample], n_tokens: int) -> Dataset:
                 np.asarray(e.dense if e.dense is not None else empty, np.float32).reshape(-1)
                 for e in examples
             ],
+            # empty: no question targets (the collator fills -1, ignored, for its image tokens)
+            "grounding": [
+                np.asarray(e.grounding if e.grounding is not None else [], np.int64)
+                for e in examples
+            ],
         }
     )
     table.set_transform(partial(_attach_images, images=images))
@@ -225,6 +320,7 @@ def _attach_images(batch: dict[str, list], images: Sequence[Image.Image]) -> dic
         "images": [[images[k]] for k in batch["image_key"]],
         "messages": batch["messages"],
         "dense": batch["dense"],
+        "grounding": batch["grounding"],
     }
 
 
@@ -300,6 +396,8 @@ def train_defender_sft(
         peft_config=peft_config,
         dense_weight=config.dense_weight,
         dense_loss=config.dense_loss,
+        grounding_weight=config.grounding_weight,
+        grounding_layer=config.grounding_layer,
         callbacks=[TimeBudget(config.time_budget_s)],
     )
     start = time.perf_counter()
@@ -307,7 +405,7 @@ def train_defender_sft(
     logger.info(
         "Defender SFT: %d steps in %.0f s", trainer.state.global_step, time.perf_counter() - start
     )
-    trainer._tap.remove()
+    trainer.remove_taps()
     trained = trainer.model
     if config.lora:
         trained = trained.merge_and_unload()
@@ -332,6 +430,7 @@ def evaluate_loss(
     for start in range(0, len(rows), batch_size):
         batch = collator([dict(r) for r in rows[start : start + batch_size]])
         batch.pop("dense_targets")
+        batch.pop("grounding_targets")
         batch = {k: v.to(defender.device) for k, v in batch.items()}
         labels = batch["labels"]
         n = int((labels[:, 1:] != -100).sum())
