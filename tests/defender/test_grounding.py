@@ -162,26 +162,16 @@ def test_the_grounding_loss_reaches_the_vision_tower_through_the_lm(
         remove_unused_columns=False,
         max_length=None,
     )
-    trainer = DenseSFTTrainer(
-        model=defender.model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=defender.processor,
-        data_collator=collator,
-        dense_weight=0.0,
-        grounding_weight=1.0,
-        grounding_layer=1,
-    )
+    common = {
+        "model": defender.model,
+        "args": args,
+        "train_dataset": Dataset.from_list(rows),
+        "processing_class": defender.processor,
+        "data_collator": collator,
+    }
     with pytest.raises(ValueError, match="past the Defender's"):
-        DenseSFTTrainer(
-            model=defender.model,
-            args=args,
-            train_dataset=Dataset.from_list(rows),
-            processing_class=defender.processor,
-            data_collator=collator,
-            grounding_weight=1.0,
-            grounding_layer=99,
-        )
+        DenseSFTTrainer(**common, grounding_weight=1.0, grounding_layer=99)
+    trainer = DenseSFTTrainer(**common, dense_weight=0.0, grounding_weight=1.0, grounding_layer=1)
     trainer.create_optimizer()
     head = set(map(id, trainer.grounding_head.parameters()))
     assert head <= {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
