@@ -619,7 +619,7 @@ def _sft_trainer(key: str, value: Any, ctx: _Context) -> list[Issue]:
 
         tiny = defender.get("tiny") if isinstance(defender.get("tiny"), Mapping) else {}
         layers = tiny.get("num_layers", TinyDefenderConfig.num_layers)
-        layer = value.get("grounding_layer", 2)
+        layer = value.get("grounding_layer", DefenderSFTConfig.grounding_layer)
         if isinstance(layers, int) and layer > layers:
             return [
                 Issue(
