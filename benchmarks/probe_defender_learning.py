@@ -85,6 +85,16 @@ p.add_argument(
     "relation (left/right/above/below) after LM layer --relation_layer",
 )
 p.add_argument("--relation_layer", type=int, default=3)
+p.add_argument(
+    "--direction",
+    type=float,
+    default=0.0,
+    help="weight of the direction loss: for spatial questions, every image token must name where "
+    "it lies relative to b's token (left/right/above/below; a's token: the answer) after LM layer "
+    "--direction_layer",
+)
+p.add_argument("--direction_layer", type=int, default=3)
+p.add_argument("--direction_start", type=int, default=0, help="first step of the direction loss")
 p.add_argument("--save", default=None, help="save the trained Defender to this folder")
 a = p.parse_args()
 if a.balance and a.turns > 1:
@@ -329,6 +339,43 @@ def relation_loss(ids, targets):
     return torch.nn.functional.cross_entropy(relation_head(h).reshape(-1, 4), t)
 
 
+direction_head = torch.nn.Linear(a.hidden, 4)
+direction_hidden = {}
+model.model.language_model.layers[a.direction_layer - 1].register_forward_hook(
+    lambda m, args, out: direction_hidden.__setitem__(
+        "h", out[0] if isinstance(out, tuple) else out
+    )
+)
+
+
+def direction_targets(r) -> torch.Tensor:
+    """-100 but for spatial questions: each token's direction from b's token (ties: -100)."""
+    target = torch.full((side * side,), -100, dtype=torch.long)
+    if r["family"] != "spatial":
+        return target
+    where = match_targets(r)
+    b_cells = (where == 2).nonzero().flatten().tolist()
+    if not b_cells:
+        return target
+    rb, cb = divmod(b_cells[0], side)
+    for k in range(side * side):
+        dr, dc = k // side - rb, k % side - cb
+        if abs(dc) > abs(dr):
+            target[k] = REL.index("left" if dc < 0 else "right")
+        elif abs(dr) > abs(dc):
+            target[k] = REL.index("above" if dr < 0 else "below")
+    target[where == 1] = REL.index(r["answer_text"])
+    return target
+
+
+def direction_loss(ids, targets):
+    h = direction_hidden["h"][ids == img_tok].view(-1, side * side, a.hidden)
+    t = targets.reshape(-1)
+    if (t >= 0).sum() == 0:
+        return torch.zeros(())
+    return torch.nn.functional.cross_entropy(direction_head(h).reshape(-1, 4), t)
+
+
 def match_loss(ids, targets):
     h = match_hidden["h"][ids == img_tok].view(-1, side * side, a.hidden)
     return torch.nn.functional.cross_entropy(match_head(h).reshape(-1, 3), targets.reshape(-1))
@@ -340,6 +387,7 @@ params = (
     + list(pos_head.parameters())
     + list(match_head.parameters())
     + list(relation_head.parameters())
+    + list(direction_head.parameters())
 )
 opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
 warm = 100
@@ -364,6 +412,7 @@ for f, idx in fam_idx.items():
     ans_idx[f] = [g for g in groups.values() if len(g) >= 0.01 * len(idx)]
 match_y = [match_targets(r) for r in train] if a.match else None
 relation_y = [relation_targets(r) for r in train] if a.relation else None
+direction_y = [direction_targets(r) for r in train] if a.direction else None
 if a.balance:
     print("balanced answers:", {f: len(v) for f, v in ans_idx.items()}, flush=True)
 
@@ -453,17 +502,22 @@ for step in range(1, a.steps + 1):
         if a.relation
         else torch.zeros(())
     )
-    loss = out.loss + a.dense * dl + a.pos * pl + a.match * ml + a.relation * rl
+    xl = (
+        direction_loss(ids, torch.stack([direction_y[i] for i in ix]))
+        if a.direction and step >= a.direction_start
+        else torch.zeros(())
+    )
+    loss = out.loss + a.dense * dl + a.pos * pl + a.match * ml + a.relation * rl + a.direction * xl
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     sched.step()
     opt.zero_grad()
-    hist.append((out.loss.item(), dl.item(), pl.item(), ml.item(), rl.item()))
+    hist.append((out.loss.item(), dl.item(), pl.item(), ml.item(), rl.item(), xl.item()))
     if step % 100 == 0:
         h = np.mean(hist[-100:], axis=0)
         print(
-            f"step {step} lm {h[0]:.3f} dense {h[1]:.3f} pos {h[2]:.3f} match {h[3]:.3f} rel {h[4]:.3f} t {time.time() - t0:.0f}s",
+            f"step {step} lm {h[0]:.3f} dense {h[1]:.3f} pos {h[2]:.3f} match {h[3]:.3f} rel {h[4]:.3f} dir {h[5]:.3f} t {time.time() - t0:.0f}s",
             flush=True,
         )
     if step % a.eval_every == 0 or step == a.steps:
