@@ -94,7 +94,6 @@ p.add_argument(
     "--direction_layer",
 )
 p.add_argument("--direction_layer", type=int, default=3)
-p.add_argument("--direction_start", type=int, default=0, help="first step of the direction loss")
 p.add_argument("--save", default=None, help="save the trained Defender to this folder")
 a = p.parse_args()
 if a.balance and a.turns > 1:
@@ -331,12 +330,13 @@ def relation_targets(r) -> torch.Tensor:
     return target
 
 
-def relation_loss(ids, targets):
-    h = relation_hidden["h"][ids == img_tok].view(-1, side * side, a.hidden)
+def relation_word_loss(ids, targets, hidden, head):
+    """Cross-entropy of `head` over REL at each image token's `hidden` state (-100: ignored)."""
+    h = hidden["h"][ids == img_tok].view(-1, side * side, a.hidden)
     t = targets.reshape(-1)
     if (t >= 0).sum() == 0:
         return torch.zeros(())
-    return torch.nn.functional.cross_entropy(relation_head(h).reshape(-1, 4), t)
+    return torch.nn.functional.cross_entropy(head(h).reshape(-1, len(REL)), t)
 
 
 direction_head = torch.nn.Linear(a.hidden, 4)
@@ -366,14 +366,6 @@ def direction_targets(r) -> torch.Tensor:
             target[k] = REL.index("above" if dr < 0 else "below")
     target[where == 1] = REL.index(r["answer_text"])
     return target
-
-
-def direction_loss(ids, targets):
-    h = direction_hidden["h"][ids == img_tok].view(-1, side * side, a.hidden)
-    t = targets.reshape(-1)
-    if (t >= 0).sum() == 0:
-        return torch.zeros(())
-    return torch.nn.functional.cross_entropy(direction_head(h).reshape(-1, 4), t)
 
 
 def match_loss(ids, targets):
@@ -498,13 +490,17 @@ for step in range(1, a.steps + 1):
     pl = position_loss(ids) if a.pos else torch.zeros(())
     ml = match_loss(ids, torch.stack([match_y[i] for i in ix])) if a.match else torch.zeros(())
     rl = (
-        relation_loss(ids, torch.stack([relation_y[i] for i in ix]))
+        relation_word_loss(
+            ids, torch.stack([relation_y[i] for i in ix]), relation_hidden, relation_head
+        )
         if a.relation
         else torch.zeros(())
     )
     xl = (
-        direction_loss(ids, torch.stack([direction_y[i] for i in ix]))
-        if a.direction and step >= a.direction_start
+        relation_word_loss(
+            ids, torch.stack([direction_y[i] for i in ix]), direction_hidden, direction_head
+        )
+        if a.direction
         else torch.zeros(())
     )
     loss = out.loss + a.dense * dl + a.pos * pl + a.match * ml + a.relation * rl + a.direction * xl
