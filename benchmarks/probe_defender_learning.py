@@ -7,6 +7,7 @@ Example: `.venv/bin/python benchmarks/probe_defender_learning.py --scenes 3000 -
 --layers 4 --short 1 --batch 32 --lr 1e-3 --threads 2`.
 `--match 1` adds question grounding (what the pipeline's `grounding_weight` does; results in
 benchmarks/results/defender_grounding.md); `--relation` and `--pos` are the spatial tries there.
+`--rope_theta` sets the LM's rotary base (benchmarks/results/defender_rope.md).
 Note: `mm_token_type_ids` must be passed in training, or Qwen2.5-VL trains with 1D positions and
 generates with 3D mrope positions (an early version of this probe made that mistake).
 """
@@ -22,7 +23,6 @@ import torch
 
 from aot.defender import Defender, TinyDefenderConfig, build_tiny_defender
 from aot.defender.dense import DENSE_LABELS, VisionTap, dense_grounding_loss, dense_targets
-from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
 from aot.rewards import build_prompt, correct_first_reward, target_completion
 from aot.world import (
     QuestionConfig,
@@ -94,6 +94,19 @@ p.add_argument(
     "--direction_layer",
 )
 p.add_argument("--direction_layer", type=int, default=3)
+p.add_argument(
+    "--rope_theta",
+    type=float,
+    default=1e4,
+    help="the LM's rotary base (defender.tiny.rope_theta); mrope gives width its lowest frequencies",
+)
+p.add_argument(
+    "--family_weights",
+    default=None,
+    help="draw families with these weights, e.g. spatial:2,attribute:1,count:1,existence:1 "
+    "(default: uniform)",
+)
+p.add_argument("--device", default="cpu", help="cpu or cuda (the loop and heads move there)")
 p.add_argument("--save", default=None, help="save the trained Defender to this folder")
 a = p.parse_args()
 if a.balance and a.turns > 1:
@@ -124,12 +137,17 @@ cfg = TinyDefenderConfig(
     vision_hidden_size=a.vhidden,
     vision_depth=a.vdepth,
     vocab_size=1024,
+    rope_theta=a.rope_theta,
 )
-d = (
-    Defender.from_pretrained(a.init)
-    if a.init
-    else build_tiny_defender(cfg, defender_corpus(world), seed=0)
-)
+if a.init:
+    d = Defender.from_pretrained(a.init)
+else:
+    # imported here so that an --init run needs no Kedro/TRL (e.g. on a bare GPU machine)
+    from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
+
+    d = build_tiny_defender(cfg, defender_corpus(world), seed=0)
+dev = torch.device(a.device)
+d.model.to(dev)
 model, proc = d.model, d.processor
 tok = proc.tokenizer
 print("params", d.num_parameters(), flush=True)
@@ -254,7 +272,7 @@ label_ids = [word_ids(l.split(":")[1]) for l in DENSE_LABELS]
 print("label ids", label_ids)
 # expand dense targets to columns over all ids
 cols = [i for ids in label_ids for i in ids]
-expand = torch.tensor([k for k, ids in enumerate(label_ids) for _ in ids])
+expand = torch.tensor([k for k, ids in enumerate(label_ids) for _ in ids]).to(dev)
 
 
 def aligned_loss(tokens, targets):
@@ -272,7 +290,7 @@ model.model.language_model.layers[a.pos_layer - 1].register_forward_hook(
     lambda m, args, out: lm_hidden.__setitem__("h", out[0] if isinstance(out, tuple) else out)
 )
 cell = torch.arange(side * side)
-pos_rows, pos_cols = cell // side, cell % side
+pos_rows, pos_cols = (cell // side).to(dev), (cell % side).to(dev)
 
 
 def position_loss(ids):
@@ -373,6 +391,8 @@ def match_loss(ids, targets):
     return torch.nn.functional.cross_entropy(match_head(h).reshape(-1, 3), targets.reshape(-1))
 
 
+for extra in (head, pos_head, match_head, relation_head, direction_head):
+    extra.to(dev)
 params = (
     list(model.parameters())
     + list(head.parameters())
@@ -430,12 +450,12 @@ def batch(ix):
         am[j, :n] = 1
     s = [sidx[train[i]["scene_id"]] for i in ix]
     return (
-        ids,
-        lab,
-        am,
-        pv[s].reshape(-1, pv.shape[-1]),
-        grid.repeat(len(ix), 1),
-        dense[s].reshape(-1, dense.shape[-1]),
+        ids.to(dev),
+        lab.to(dev),
+        am.to(dev),
+        pv[s].reshape(-1, pv.shape[-1]).to(dev),
+        grid.repeat(len(ix), 1).to(dev),
+        dense[s].reshape(-1, dense.shape[-1]).to(dev),
     )
 
 
@@ -466,11 +486,19 @@ def evaluate(n=400):
     return out
 
 
+fam_w = torch.ones(len(fams))
+if a.family_weights:
+    given = {k: float(v) for k, v in (x.split(":") for x in a.family_weights.split(","))}
+    fam_w = torch.tensor([given.get(f, 1.0) for f in fams])
 model.train()
 t0 = time.time()
 hist = []
 for step in range(1, a.steps + 1):
-    fsel = torch.randint(len(fams), (a.batch,), generator=g).tolist()
+    fsel = (
+        torch.multinomial(fam_w, a.batch, replacement=True, generator=g).tolist()
+        if a.family_weights
+        else torch.randint(len(fams), (a.batch,), generator=g).tolist()
+    )
     ix = [draw(fams[f]) for f in fsel]
     ids, lab, am, pvb, gb, db = batch(ix)
     mm = (ids == img_tok).long()
@@ -488,17 +516,21 @@ for step in range(1, a.steps + 1):
         else torch.nn.functional.binary_cross_entropy_with_logits(head(tap.tokens), db)
     )
     pl = position_loss(ids) if a.pos else torch.zeros(())
-    ml = match_loss(ids, torch.stack([match_y[i] for i in ix])) if a.match else torch.zeros(())
+    ml = (
+        match_loss(ids, torch.stack([match_y[i] for i in ix]).to(dev))
+        if a.match
+        else torch.zeros(())
+    )
     rl = (
         relation_word_loss(
-            ids, torch.stack([relation_y[i] for i in ix]), relation_hidden, relation_head
+            ids, torch.stack([relation_y[i] for i in ix]).to(dev), relation_hidden, relation_head
         )
         if a.relation
         else torch.zeros(())
     )
     xl = (
         relation_word_loss(
-            ids, torch.stack([direction_y[i] for i in ix]), direction_hidden, direction_head
+            ids, torch.stack([direction_y[i] for i in ix]).to(dev), direction_hidden, direction_head
         )
         if a.direction
         else torch.zeros(())

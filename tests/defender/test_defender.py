@@ -108,6 +108,28 @@ def test_tiny_config_validates_every_key() -> None:
     with pytest.raises(ValueError, match="divisible"):
         TinyDefenderConfig.from_dict({"hidden_size": 130})
     assert TinyDefenderConfig.from_dict({"hidden_size": 256}).hidden_size == 256
+    with pytest.raises(ValueError, match="rope_theta must be a number above 1"):
+        TinyDefenderConfig.from_dict({"rope_theta": "ten"})
+    with pytest.raises(ValueError, match="rope_theta must be a number above 1"):
+        TinyDefenderConfig.from_dict({"rope_theta": 0.5})
+
+
+def test_rope_theta_reaches_the_saved_config_and_the_rotary_frequencies(tmp_path: Path) -> None:
+    from aot.defender import build_tiny_defender
+    from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
+
+    config = TinyDefenderConfig(
+        hidden_size=64, intermediate_size=128, vision_hidden_size=32, vocab_size=400, rope_theta=10
+    )
+    corpus = defender_corpus({"image_size": 112}, n_scenes=5)
+    build_tiny_defender(config, corpus, seed=0).save_pretrained(tmp_path / "d")
+    loaded = Defender.from_pretrained(tmp_path / "d")
+    assert loaded.model.config.text_config.rope_parameters["rope_theta"] == 10.0
+    inv_freq = loaded.model.model.language_model.rotary_emb.inv_freq
+    head_dim = 64 // config.num_heads
+    # width takes the last (lowest) frequencies: at theta 10 they still turn across a row
+    width_freqs = inv_freq[-_mrope_section(head_dim)[2] :]
+    assert float(width_freqs.max()) * 5 > 0.5
 
 
 @pytest.mark.parametrize("head_dim", [16, 32, 64, 128])

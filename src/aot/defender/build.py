@@ -37,10 +37,19 @@ class TinyDefenderConfig:
     vocab_size: int = 512
     min_pixels: int = 56 * 56
     max_pixels: int = 224 * 224
+    # Qwen's mrope gives width the lowest rotary frequencies: at 1e4 and a 32-wide head they
+    # turn by under 0.02 rad across a 6-token row, so the LM cannot tell left from right.
+    rope_theta: float = 1e4
 
     def validate(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "rope_theta":
+                if isinstance(value, bool) or not isinstance(value, int | float) or value <= 1:
+                    raise ValueError(
+                        f"defender.tiny.rope_theta must be a number above 1, got {value!r}"
+                    )
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(
                     f"defender.tiny.{f.name} must be a positive integer, got {value!r}"
@@ -73,7 +82,7 @@ class TinyDefenderConfig:
         config.validate()
         return config
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | float]:
         return asdict(self)
 
 
@@ -109,7 +118,7 @@ def build_model(tokenizer: Any, config: TinyDefenderConfig) -> Qwen2_5_VLForCond
             max_position_embeddings=4096,
             rope_parameters={
                 "rope_type": "default",
-                "rope_theta": 1e4,
+                "rope_theta": float(config.rope_theta),
                 "mrope_section": _mrope_section(head_dim),
             },
             bos_token_id=ids["<|endoftext|>"],
