@@ -101,6 +101,11 @@ p.add_argument(
     help="the LM's rotary base (defender.tiny.rope_theta); mrope gives width its lowest frequencies",
 )
 p.add_argument(
+    "--mrope",
+    default="sections",
+    help="defender.tiny.mrope_layout: sections (Qwen2.5-VL) or interleaved (width gets fast ones)",
+)
+p.add_argument(
     "--family_weights",
     default=None,
     help="draw families with these weights, e.g. spatial:2,attribute:1,count:1,existence:1 "
@@ -138,6 +143,7 @@ cfg = TinyDefenderConfig(
     vision_depth=a.vdepth,
     vocab_size=1024,
     rope_theta=a.rope_theta,
+    mrope_layout=a.mrope,
 )
 if a.init:
     d = Defender.from_pretrained(a.init)

@@ -112,6 +112,8 @@ def test_tiny_config_validates_every_key() -> None:
         TinyDefenderConfig.from_dict({"rope_theta": "ten"})
     with pytest.raises(ValueError, match="rope_theta must be a number above 1"):
         TinyDefenderConfig.from_dict({"rope_theta": 0.5})
+    with pytest.raises(ValueError, match="mrope_layout must be one of"):
+        TinyDefenderConfig.from_dict({"mrope_layout": "diagonal"})
 
 
 def test_rope_theta_reaches_the_saved_config_and_the_rotary_frequencies(tmp_path: Path) -> None:
@@ -138,3 +140,46 @@ def test_mrope_section_sums_to_half_the_head(head_dim: int) -> None:
     assert sum(section) == head_dim // 2
     if head_dim == 128:
         assert section == [16, 24, 24]  # Qwen2.5-VL's own split
+
+
+@pytest.mark.parametrize("head_dim", [16, 32, 64, 128])
+def test_interleaved_mrope_gives_every_axis_fast_and_slow_frequencies(head_dim: int) -> None:
+    half = head_dim // 2
+    sections = _mrope_section(head_dim, "interleaved")
+    assert sum(sections) == half and len(sections) % 3 == 0 and min(sections) >= 1
+    axis = [i % 3 for i, n in enumerate(sections) for _ in range(n)]  # frequency -> t/h/w
+    for a in (0, 1, 2):
+        used = [k for k, x in enumerate(axis) if x == a]
+        assert used[0] <= 2 and used[-1] >= half - 5, (a, used)
+    # Qwen2.5-VL's blocks give width only the slowest quarter-plus
+    blocks = _mrope_section(head_dim)
+    assert [i % 3 for i, n in enumerate(blocks) for _ in range(n)][-1] == 2
+    assert sum(blocks[:2]) >= half // 2
+
+
+def test_interleaved_mrope_turns_width_across_a_row_in_the_saved_model(tmp_path: Path) -> None:
+    from aot.defender import build_tiny_defender
+    from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
+
+    corpus = defender_corpus({"image_size": 112}, n_scenes=5)
+    speeds = {}
+    for layout in ("sections", "interleaved"):
+        config = TinyDefenderConfig(
+            hidden_size=64,
+            num_heads=2,  # 32-wide heads, as the default Defender's
+            intermediate_size=128,
+            vision_hidden_size=32,
+            vocab_size=400,
+            mrope_layout=layout,
+        )
+        build_tiny_defender(config, corpus, seed=0).save_pretrained(tmp_path / layout)
+        model = Defender.from_pretrained(tmp_path / layout).model
+        rotary = model.model.language_model.rotary_emb
+        # positions that differ in width only: (t, h, w) = (0, 0, w)
+        pos = torch.zeros(3, 1, 6, dtype=torch.long)
+        pos[2, 0] = torch.arange(6)
+        cos, _ = rotary(torch.zeros(1, 6, 32), pos)
+        # how far the rotation moves across the row, over the head's dimensions
+        speeds[layout] = float((cos[0, -1] - cos[0, 0]).abs().max())
+    assert speeds["sections"] < 0.01
+    assert speeds["interleaved"] > 0.3

@@ -20,6 +20,7 @@ from aot.defender.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenize
 
 PATCH = 14
 MERGE = 2
+MROPE_LAYOUTS = ("sections", "interleaved")
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,20 @@ class TinyDefenderConfig:
     # Qwen's mrope gives width the lowest rotary frequencies: at 1e4 and a 32-wide head they
     # turn by under 0.02 rad across a 6-token row, so the LM cannot tell left from right.
     rope_theta: float = 1e4
+    # "sections": Qwen2.5-VL's [time, height, width] blocks, width the slowest frequencies;
+    # "interleaved": time, height, width take turns along the frequencies (what Qwen3-VL does),
+    # written as a longer `mrope_section` that stock Qwen2.5-VL code reads the same way.
+    mrope_layout: str = "sections"
 
     def validate(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "mrope_layout":
+                if value not in MROPE_LAYOUTS:
+                    raise ValueError(
+                        f"defender.tiny.mrope_layout must be one of {MROPE_LAYOUTS}, got {value!r}"
+                    )
+                continue
             if f.name == "rope_theta":
                 if isinstance(value, bool) or not isinstance(value, int | float) or value <= 1:
                     raise ValueError(
@@ -86,9 +97,19 @@ class TinyDefenderConfig:
         return asdict(self)
 
 
-def _mrope_section(head_dim: int) -> list[int]:
-    """Splits head_dim/2 over (time, height, width) in Qwen's 1/4, 3/8, 3/8 proportions (G4)."""
+def _mrope_section(head_dim: int, layout: str = "sections") -> list[int]:
+    """How head_dim/2 rotary frequencies (fastest first) go to time, height and width.
+
+    Qwen2.5-VL reads chunk i of `mrope_section` from axis i % 3. "sections": three chunks in
+    Qwen's 1/4, 3/8, 3/8 proportions (G4), so width gets the slowest frequencies. "interleaved":
+    chunks of one frequency in turn (the spare slowest ones to width), so every axis gets fast
+    and slow ones; the chunk count stays a multiple of 3 so code that splits the doubled list
+    agrees.
+    """
     half = head_dim // 2
+    if layout == "interleaved":
+        triples = half // 3
+        return [1] * (3 * triples - 1) + [1 + half - 3 * triples]
     t, h = half // 4, 3 * half // 8
     return [t, h, half - t - h]
 
@@ -119,7 +140,7 @@ def build_model(tokenizer: Any, config: TinyDefenderConfig) -> Qwen2_5_VLForCond
             rope_parameters={
                 "rope_type": "default",
                 "rope_theta": float(config.rope_theta),
-                "mrope_section": _mrope_section(head_dim),
+                "mrope_section": _mrope_section(head_dim, config.mrope_layout),
             },
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
