@@ -116,10 +116,7 @@ def test_a_rotary_base_that_is_not_a_number_is_named(tmp_path: Path) -> None:
 def test_an_unknown_mrope_layout_is_named(tmp_path: Path) -> None:
     root = _conf_copy(tmp_path)
     _edit(
-        root,
-        "conf/base/parameters_sft.yml",
-        "rope_theta: 10000.0",
-        "rope_theta: 10000.0\n    mrope_layout: diagonal",
+        root, "conf/base/parameters_sft.yml", "mrope_layout: interleaved", "mrope_layout: diagonal"
     )
     errors = _errors(root)
     assert len(errors) == 1, errors
