@@ -104,24 +104,28 @@ def test_a_grounding_layer_past_the_tiny_defenders_layers_is_named(tmp_path: Pat
     ]
 
 
-def test_a_rotary_base_that_is_not_a_number_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        (
+            "rope_theta: 10000.0",
+            "rope_theta: wide",
+            "rope_theta must be a number above 1, got 'wide'",
+        ),
+        (
+            "mrope_layout: interleaved",
+            "mrope_layout: diagonal",
+            "mrope_layout must be one of ('sections', 'interleaved'), got 'diagonal'",
+        ),
+    ],
+)
+def test_a_bad_rotary_setting_is_named(tmp_path: Path, old: str, new: str, message: str) -> None:
     root = _conf_copy(tmp_path)
-    _edit(root, "conf/base/parameters_sft.yml", "rope_theta: 10000.0", "rope_theta: wide")
+    _edit(root, "conf/base/parameters_sft.yml", old, new)
     errors = _errors(root)
     assert len(errors) == 1, errors
     assert errors[0].startswith("conf/base/parameters_sft.yml: defender.tiny")
-    assert "rope_theta must be a number above 1, got 'wide'" in errors[0]
-
-
-def test_an_unknown_mrope_layout_is_named(tmp_path: Path) -> None:
-    root = _conf_copy(tmp_path)
-    _edit(
-        root, "conf/base/parameters_sft.yml", "mrope_layout: interleaved", "mrope_layout: diagonal"
-    )
-    errors = _errors(root)
-    assert len(errors) == 1, errors
-    assert errors[0].startswith("conf/base/parameters_sft.yml: defender.tiny")
-    assert "mrope_layout must be one of ('sections', 'interleaved'), got 'diagonal'" in errors[0]
+    assert message in errors[0]
 
 
 def test_an_unknown_filler_kind_is_named(tmp_path: Path) -> None:
