@@ -492,7 +492,7 @@ def evaluate(n=400):
     return out
 
 
-fam_w = torch.ones(len(fams))
+fam_w = None  # --family_weights: draw families by weight instead of uniformly
 if a.family_weights:
     given = {k: float(v) for k, v in (x.split(":") for x in a.family_weights.split(","))}
     fam_w = torch.tensor([given.get(f, 1.0) for f in fams])
@@ -502,7 +502,7 @@ hist = []
 for step in range(1, a.steps + 1):
     fsel = (
         torch.multinomial(fam_w, a.batch, replacement=True, generator=g).tolist()
-        if a.family_weights
+        if fam_w is not None
         else torch.randint(len(fams), (a.batch,), generator=g).tolist()
     )
     ix = [draw(fams[f]) for f in fsel]

@@ -116,19 +116,25 @@ def test_tiny_config_validates_every_key() -> None:
         TinyDefenderConfig.from_dict({"mrope_layout": "diagonal"})
 
 
-def test_rope_theta_reaches_the_saved_config_and_the_rotary_frequencies(tmp_path: Path) -> None:
+def _saved_and_loaded(folder: Path, **sizes: object) -> Defender:
+    """A small tiny Defender built with `sizes`, saved to `folder` and loaded back."""
     from aot.defender import build_tiny_defender
     from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
 
     config = TinyDefenderConfig(
-        hidden_size=64, intermediate_size=128, vision_hidden_size=32, vocab_size=400, rope_theta=10
+        **{"hidden_size": 64, "intermediate_size": 128, "vision_hidden_size": 32} | sizes,
+        vocab_size=400,
     )
     corpus = defender_corpus({"image_size": 112}, n_scenes=5)
-    build_tiny_defender(config, corpus, seed=0).save_pretrained(tmp_path / "d")
-    loaded = Defender.from_pretrained(tmp_path / "d")
+    build_tiny_defender(config, corpus, seed=0).save_pretrained(folder)
+    return Defender.from_pretrained(folder)
+
+
+def test_rope_theta_reaches_the_saved_config_and_the_rotary_frequencies(tmp_path: Path) -> None:
+    loaded = _saved_and_loaded(tmp_path / "d", rope_theta=10)
     assert loaded.model.config.text_config.rope_parameters["rope_theta"] == 10.0
     inv_freq = loaded.model.model.language_model.rotary_emb.inv_freq
-    head_dim = 64 // config.num_heads
+    head_dim = 64 // loaded.model.config.text_config.num_attention_heads
     # width takes the last (lowest) frequencies: at theta 10 they still turn across a row
     width_freqs = inv_freq[-_mrope_section(head_dim)[2] :]
     assert float(width_freqs.max()) * 5 > 0.5
@@ -158,22 +164,10 @@ def test_interleaved_mrope_gives_every_axis_fast_and_slow_frequencies(head_dim: 
 
 
 def test_interleaved_mrope_turns_width_across_a_row_in_the_saved_model(tmp_path: Path) -> None:
-    from aot.defender import build_tiny_defender
-    from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
-
-    corpus = defender_corpus({"image_size": 112}, n_scenes=5)
     speeds = {}
     for layout in ("sections", "interleaved"):
-        config = TinyDefenderConfig(
-            hidden_size=64,
-            num_heads=2,  # 32-wide heads, as the default Defender's
-            intermediate_size=128,
-            vision_hidden_size=32,
-            vocab_size=400,
-            mrope_layout=layout,
-        )
-        build_tiny_defender(config, corpus, seed=0).save_pretrained(tmp_path / layout)
-        model = Defender.from_pretrained(tmp_path / layout).model
+        # 32-wide heads, as the default Defender's
+        model = _saved_and_loaded(tmp_path / layout, num_heads=2, mrope_layout=layout).model
         rotary = model.model.language_model.rotary_emb
         # positions that differ in width only: (t, h, w) = (0, 0, w)
         pos = torch.zeros(3, 1, 6, dtype=torch.long)

@@ -38,8 +38,8 @@ class TinyDefenderConfig:
     vocab_size: int = 512
     min_pixels: int = 56 * 56
     max_pixels: int = 224 * 224
-    # Qwen's mrope gives width the lowest rotary frequencies: at 1e4 and a 32-wide head they
-    # turn by under 0.02 rad across a 6-token row, so the LM cannot tell left from right.
+    # The LM's rotary base. With Qwen's "sections" layout width gets the lowest frequencies: at
+    # 1e4 and a 32-wide head they turn by under 0.02 rad across a 6-token row.
     rope_theta: float = 1e4
     # "sections": Qwen2.5-VL's [time, height, width] blocks, width the slowest frequencies;
     # "interleaved": time, height, width take turns along the frequencies (what Qwen3-VL does),
