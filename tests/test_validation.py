@@ -78,6 +78,14 @@ def test_a_negative_count_names_the_key_and_its_file(tmp_path: Path) -> None:
     ]
 
 
+def test_a_negative_distractor_grid_is_named(tmp_path: Path) -> None:
+    root = _conf_copy(tmp_path)
+    _edit(root, "conf/base/parameters_bootstrap_dataset.yml", "  grid: 0 ", "  grid: -28 ")
+    assert _errors(root) == [
+        "conf/base/parameters_bootstrap_dataset.yml: implant.grid must be an integer >= 0, got -28"
+    ]
+
+
 def test_a_wrong_type_names_the_key_and_its_file(tmp_path: Path) -> None:
     root = _conf_copy(tmp_path)
     _edit(root, "conf/base/parameters_bootstrap_dataset.yml", "image_size: 112", "image_size: big")

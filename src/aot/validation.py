@@ -581,6 +581,7 @@ def _check_implant(key: str, value: Any, ctx: _Context) -> list[Issue]:
             "size_range": int_range(1),
             "margin": non_negative_int,
             "hard_prob": fraction,
+            "grid": non_negative_int,
         },
         {"filler": _check_filler},
     )

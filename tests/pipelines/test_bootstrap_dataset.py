@@ -151,3 +151,20 @@ def test_stage_two_slice_keeps_exactly_the_pairs_the_defender_fails(extended) ->
         x0, y0, x1, y1 = row["distractor_box"]
         for t in row["target_boxes"]:
             assert x1 <= t[0] or t[2] <= x0 or y1 <= t[1] or t[3] <= y0
+
+
+def test_distractor_placement_grid_is_its_own_parameter(extended) -> None:  # noqa: ANN001
+    from aot.pipelines.bootstrap_dataset.implant_nodes import propose_distractors
+
+    table, kept, _, _ = extended
+    world = {**WORLD, "grid": 28}
+
+    def boxes(implant: dict) -> list[list[int]]:
+        return list(propose_distractors(table, kept, implant, world, seed=0)["distractor_box"])
+
+    # unset: the world's grid, so every distractor sits inside one 28-px cell
+    for x0, y0, x1, y1 in boxes({"per_record": 2}):
+        assert x0 // 28 == (x1 - 1) // 28 and y0 // 28 == (y1 - 1) // 28
+    # grid 0: anywhere, so a 30-px distractor (wider than a cell) can be placed
+    free = boxes({"per_record": 2, "grid": 0, "size_range": [30, 30]})
+    assert free and all(x1 - x0 == 30 and y1 - y0 == 30 for x0, y0, x1, y1 in free)

@@ -45,7 +45,8 @@ def propose_distractors(
         size_range=tuple(implant.get("size_range", (14, 30))),
         margin=int(implant.get("margin", 4)),
         hard_prob=float(implant.get("hard_prob", 0.8)),
-        grid=int(world.get("grid", 0)),
+        # Distractors have a placement grid of their own (0: anywhere); unset, the world's.
+        grid=int(implant.get("grid", world.get("grid", 0))),
     )
     if candidates.empty:
         raise ValueError("distractor implantation: no valid proposal for any record")
