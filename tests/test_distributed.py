@@ -128,7 +128,9 @@ def test_project_config_reads_the_paper_environment() -> None:
     config = ProjectConfig(PROJECT_ROOT, "paper", {"selfplay": {"defender": {"max_steps": 3}}})
     attacker = config.params["selfplay"]["attacker"]
     assert "to_add_out" in attacker["lora"]["target_modules"]
-    assert attacker["steps"] == 12  # from conf/base: the paper env overrides single keys
+    assert attacker["steps"] == 36  # from conf/base: the paper env overrides single keys
+    assert attacker["reward"]["graded"] is False  # ... and this one: all K answers wrong
+    assert config.params["selfplay"]["defender"]["learning_rate"] == 1.0e-6
     assert config.params["selfplay"]["defender"]["max_steps"] == 3
     config.check(["selfplay.attacker", "selfplay.defender", "seed"])
     dataset = config.catalog.get("selfplay.round_2.defender")
