@@ -26,11 +26,12 @@ import pandas as pd
 from PIL import Image
 
 from aot.bootstrap import make_filler, propose_distractors, scenes_from_table
+from aot.bootstrap.fillers import Filler
 from aot.bootstrap.implant import box_is_free, dilate
 from aot.bootstrap.pairs import correct_rate
 from aot.defender import Defender
 from aot.rewards.answer import make_prompt
-from aot.world import Edit, apply_edit, edit_preserves_answer
+from aot.world import Edit, Scene, apply_edit, edit_preserves_answer
 
 VARIANTS: dict[str, dict] = {
     "grid28": dict(grid=28, size_range=(14, 26), count=1),
@@ -53,7 +54,14 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def _cell_centred(record, scene, image, filler, rng, side):
+def _cell_centred(
+    record: dict,
+    scene: Scene,
+    image: Image.Image,
+    filler: Filler,
+    rng: np.random.Generator,
+    side: int,
+) -> tuple[Image.Image, Scene]:
     """One proposal moved to a box of ``side`` centred on a random 28-px cell centre."""
     targets = [dilate(b, 4) for b in record["target_boxes"]]
     for _ in range(40):
@@ -77,7 +85,16 @@ def spec_of(record: dict) -> dict:
     return json.loads(record["spec"]) if isinstance(record["spec"], str) else record["spec"]
 
 
-def edit_record(record: dict, scene, image: Image.Image, filler, rng, grid, size_range, count):
+def edit_record(
+    record: dict,
+    scene: Scene,
+    image: Image.Image,
+    filler: Filler,
+    rng: np.random.Generator,
+    grid: int,
+    size_range: tuple[int, int],
+    count: int,
+) -> Image.Image:
     """The image with up to ``count`` distractors, each verified on the graph edited so far."""
     for _ in range(count):
         if grid < 0:
