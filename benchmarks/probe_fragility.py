@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from aot.attacker.planner import _clip_box, _spec
 from aot.bootstrap import make_filler, propose_distractors, scenes_from_table
 from aot.bootstrap.fillers import Filler
 from aot.bootstrap.implant import box_is_free, dilate
@@ -62,27 +63,23 @@ def _cell_centred(
     rng: np.random.Generator,
     side: int,
 ) -> tuple[Image.Image, Scene]:
-    """One proposal moved to a box of ``side`` centred on a random 28-px cell centre."""
+    """One proposal moved to a box of ``side`` centred on a random 28-px cell centre, as the
+    self-play planner's regions are (``aot.attacker.planner``)."""
     targets = [dilate(b, 4) for b in record["target_boxes"]]
+    cells = scene.width // 28
     for _ in range(40):
         props = propose_distractors(scene, record, rng, n=1, size_range=(14, 26), grid=28)
         if not props:
             return image, scene
         p = props[0]
-        cx, cy = (int(rng.integers(6)) + 0.5) * 28, (int(rng.integers(6)) + 0.5) * 28
-        x0 = int(min(max(round(cx - side / 2), 0), scene.width - side))
-        y0 = int(min(max(round(cy - side / 2), 0), scene.height - side))
-        box = (x0, y0, x0 + side, y0 + side)
+        cx, cy = (rng.integers(cells, size=2) + 0.5) * 28
+        box = _clip_box(float(cx), float(cy), side, scene.width, scene.height)
         edit = Edit("add", box, p.shape, p.color)
         if box_is_free(box, scene, targets, 2) and edit_preserves_answer(
-            scene, edit, spec_of(record)
+            scene, edit, _spec(record)
         ):
             return filler.fill_box(image, box, p.prompt, rng), apply_edit(scene, edit, size=p.size)
     return image, scene
-
-
-def spec_of(record: dict) -> dict:
-    return json.loads(record["spec"]) if isinstance(record["spec"], str) else record["spec"]
 
 
 def edit_record(
