@@ -159,6 +159,19 @@ def test_lora_training_returns_a_plain_merged_model(
     assert Defender.from_pretrained(tmp_path / "merged").num_parameters() == n_params
 
 
+def test_extra_overrides_the_trainers_own_settings(
+    tiny_defender_dir: Path, world, tmp_path: Path
+) -> None:  # noqa: ANN001
+    """`extra` may set what train_defender_sft sets itself (here: collate in a worker process)."""
+    records, images, graphs = world
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    examples = world_examples(records.head(8), images, graphs, mode="word")
+    extra = {"dataloader_num_workers": 1, "logging_steps": 1}
+    config = DefenderSFTConfig(max_steps=2, batch_size=4, logging_steps=50, extra=extra)
+    _, log = train_defender_sft(defender, examples, config, tmp_path)
+    assert log["step"].tolist() == [1, 2]  # logged every step: extra's logging_steps won
+
+
 def test_sft_config_names_bad_keys() -> None:
     with pytest.raises(ValueError, match="unknown key"):
         DefenderSFTConfig.from_dict({"max_stepz": 3})

@@ -354,7 +354,7 @@ def train_defender_sft(
     n_tokens = _image_tokens(defender, examples[0].image)
     train = _dataset(examples, n_tokens)
     evaluation = _dataset(eval_examples, n_tokens) if eval_examples else None
-    args = SFTConfig(
+    settings = dict(
         output_dir=str(output_dir),
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
@@ -378,8 +378,8 @@ def train_defender_sft(
         gradient_checkpointing=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
-        **config.extra,
     )
+    args = SFTConfig(**{**settings, **config.extra})  # `extra` may override any of these
     peft_config = None
     if config.lora:
         from peft import LoraConfig
