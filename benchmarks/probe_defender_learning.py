@@ -113,6 +113,9 @@ p.add_argument(
 )
 p.add_argument("--device", default="cpu", help="cpu or cuda (the loop and heads move there)")
 p.add_argument("--save", default=None, help="save the trained Defender to this folder")
+p.add_argument(
+    "--seed", type=int, default=0, help="the model's initialisation and the training draws"
+)
 a = p.parse_args()
 if a.balance and a.turns > 1:
     p.error("--balance draws one question at a time: use it with --turns 1")
@@ -151,7 +154,7 @@ else:
     # imported here so that an --init run needs no Kedro/TRL (e.g. on a bare GPU machine)
     from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
 
-    d = build_tiny_defender(cfg, defender_corpus(world), seed=0)
+    d = build_tiny_defender(cfg, defender_corpus(world), seed=a.seed)
 dev = torch.device(a.device)
 d.model.to(dev)
 model, proc = d.model, d.processor
@@ -413,7 +416,7 @@ sched = torch.optim.lr_scheduler.LambdaLR(
     opt,
     lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps)),
 )
-g = torch.Generator().manual_seed(0)
+g = torch.Generator().manual_seed(a.seed)
 # balanced by family
 fam_idx = {f: [i for i, r in enumerate(train) if r["family"] == f] for f in fams}
 if a.turns > 1:
