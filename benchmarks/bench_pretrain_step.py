@@ -28,7 +28,6 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from aot.defender.examples import graphs_from_table, world_examples
 from aot.defender.sft import (
     DefenderSFTConfig,
     DenseCollator,
@@ -36,6 +35,7 @@ from aot.defender.sft import (
     _image_tokens,
     train_defender_sft,
 )
+from aot.pipelines.bootstrap_dataset.defender_nodes import pretraining_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_pretrain_step")
@@ -72,19 +72,18 @@ def load_inputs() -> tuple[Any, list, dict[str, Any]]:
         catalog = session.load_context().catalog
         pretrain = catalog.load("params:pretrain")
         defender = catalog.load("initial_defender")
-        data = pretrain["data"]
-        examples = []
-        for prefix, repeats in (("source", "repeats"), ("extended", "extended_repeats")):
-            records = catalog.load(f"{prefix}_records")
-            examples += world_examples(
-                records[records["split"] == "train"],
+        sets = {
+            prefix: (
+                catalog.load(f"{prefix}_scenes"),
+                catalog.load(f"{prefix}_records"),
                 catalog.load(f"{prefix}_images"),
-                graphs_from_table(catalog.load(f"{prefix}_scenes")),
-                mode=pretrain["answer_mode"],
-                style=data["prompt_style"],
-                repeats=int(data[repeats]),
-                seed=0,
+                int(pretrain["data"][repeats]),
             )
+            for prefix, repeats in (("source", "repeats"), ("extended", "extended_repeats"))
+        }
+        examples = pretraining_examples(
+            sets, pretrain["data"], pretrain["answer_mode"], catalog.load("params:seed")
+        )
     return defender, examples, pretrain["trainer"]
 
 
@@ -95,15 +94,8 @@ def trainer_seconds_per_step(
         {**trainer, "max_steps": steps, "logging_steps": steps, **setting}, prefix="bench"
     )
     clock = StepClock()
-    import aot.defender.sft as sft
-
-    budget = sft.TimeBudget
-    sft.TimeBudget = lambda seconds: clock  # the step clock rides in the callback's place
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            train_defender_sft(defender, examples, config, tmp)
-    finally:
-        sft.TimeBudget = budget
+    with tempfile.TemporaryDirectory() as tmp:
+        train_defender_sft(defender, examples, config, tmp, callbacks=[clock])
     return (clock.at[steps] - clock.at[20]) / (steps - 20)
 
 

@@ -172,6 +172,26 @@ def test_extra_overrides_the_trainers_own_settings(
     assert log["step"].tolist() == [1, 2]  # logged every step: extra's logging_steps won
 
 
+def test_callbacks_see_every_step(tiny_defender_dir: Path, world, tmp_path: Path) -> None:  # noqa: ANN001
+    """Callbacks given to train_defender_sft run next to the time budget (a benchmark's clock)."""
+    from transformers import TrainerCallback
+
+    class Steps(TrainerCallback):
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            self.seen.append(state.global_step)
+
+    records, images, graphs = world
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    examples = world_examples(records.head(8), images, graphs, mode="word")
+    config = DefenderSFTConfig(max_steps=3, batch_size=4, time_budget_s=3600)
+    steps = Steps()
+    train_defender_sft(defender, examples, config, tmp_path, callbacks=[steps])
+    assert steps.seen == [1, 2, 3]
+
+
 def test_sft_config_names_bad_keys() -> None:
     with pytest.raises(ValueError, match="unknown key"):
         DefenderSFTConfig.from_dict({"max_stepz": 3})

@@ -337,8 +337,11 @@ def train_defender_sft(
     config: DefenderSFTConfig,
     output_dir: str | Path,
     eval_examples: Sequence[SFTExample] | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> tuple[Defender, pd.DataFrame]:
     """Fine-tunes `defender` on `examples`; returns the trained Defender and the training log.
+
+    `callbacks` are added to the trainer's own (the time budget), e.g. to time steps.
 
     Full fine-tuning by default; `config.lora` (peft `LoraConfig` keyword arguments) trains an
     adapter instead, merged into the weights before returning so the result loads like any model.
@@ -398,7 +401,7 @@ def train_defender_sft(
         dense_loss=config.dense_loss,
         grounding_weight=config.grounding_weight,
         grounding_layer=config.grounding_layer,
-        callbacks=[TimeBudget(config.time_budget_s)],
+        callbacks=[TimeBudget(config.time_budget_s), *callbacks],
     )
     start = time.perf_counter()
     trainer.train()

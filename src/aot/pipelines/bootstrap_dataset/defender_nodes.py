@@ -19,7 +19,7 @@ import pandas as pd
 from aot.datasets import ModelFolder
 from aot.defender import Defender, TinyDefenderConfig, build_tiny_defender
 from aot.defender.examples import graphs_from_table, world_examples
-from aot.defender.sft import DefenderSFTConfig, train_defender_sft
+from aot.defender.sft import DefenderSFTConfig, SFTExample, train_defender_sft
 from aot.defender.tokenizer import SYSTEM_PROMPT
 from aot.pipelines.evaluation.nodes import answer_records, summarize_clean
 from aot.rewards import build_prompt, target_completion
@@ -89,6 +89,40 @@ def build_initial_defender(
     return model
 
 
+def pretraining_examples(
+    sets: dict[str, tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], int]],
+    data: dict[str, Any],
+    mode: str,
+    seed: int,
+) -> list[SFTExample]:
+    """The pretraining conversations: `repeats` per training image of each named scale.
+
+    `sets` maps a scale's name to its (scenes, records, images, repeats); `data` is
+    `pretrain.data` (prompt style, turns).
+    """
+    examples: list[SFTExample] = []
+    for name, (scene_table, table, pictures, repeats) in sets.items():
+        train = table[table["split"] == "train"]
+        part = world_examples(
+            train,
+            pictures,
+            graphs_from_table(scene_table),
+            mode=mode,
+            style=data.get("prompt_style", "short"),
+            turns=int(data.get("turns", 1)),
+            repeats=repeats,
+            seed=seed,
+        )
+        logger.info(
+            "Pretraining data: %d conversations about %d %s scenes",
+            len(part),
+            train["image"].nunique(),
+            name,
+        )
+        examples.extend(part)
+    return examples
+
+
 def pretrain_defender(
     defender: Defender | ModelFolder,
     scenes: pd.DataFrame,
@@ -123,26 +157,7 @@ def pretrain_defender(
                 "(run `kedro run --pipelines bootstrap_dataset --tags source_data` first)"
             )
         sets["extended"] = (extended_scenes, extended_records, extended_images, extended_repeats)
-    examples = []
-    for name, (scene_table, table, pictures, repeats) in sets.items():
-        train = table[table["split"] == "train"]
-        part = world_examples(
-            train,
-            pictures,
-            graphs_from_table(scene_table),
-            mode=mode,
-            style=style,
-            turns=int(data.get("turns", 1)),
-            repeats=repeats,
-            seed=seed,
-        )
-        logger.info(
-            "Pretraining data: %d conversations about %d %s scenes",
-            len(part),
-            train["image"].nunique(),
-            name,
-        )
-        examples.extend(part)
+    examples = pretraining_examples(sets, data, mode, seed)
     with tempfile.TemporaryDirectory(prefix="aot-pretrain-") as tmp:
         trained, log = train_defender_sft(defender, examples, config, tmp)
     evaluation = {
