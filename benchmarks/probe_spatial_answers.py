@@ -28,9 +28,16 @@ def main() -> None:
         "--defenders", nargs="+", default=["base_defender:short", "sft_defender:protocol"]
     )
     parser.add_argument("--env", default="base")
+    parser.add_argument(
+        "--conf-source",
+        default=None,
+        help="another conf folder, e.g. a trial's copy with its own data_root",
+    )
     args = parser.parse_args()
     bootstrap_project(ROOT)
-    with KedroSession.create(project_path=ROOT, env=args.env) as session:
+    with KedroSession.create(
+        project_path=ROOT, env=args.env, conf_source=args.conf_source
+    ) as session:
         catalog = session.load_context().catalog
         for item in args.defenders:
             name, style = item.split(":")
