@@ -57,6 +57,10 @@ def test_environments_soft_merge_single_keys(project_copy: Path) -> None:
         paper["defender"]["source"] == "pretrained"
         and paper["defender"]["tiny"] == base["defender"]["tiny"]
     )
+    # the tiny default's dense Attacker reward must not leak into the paper's (all K wrong)
+    base_reward, paper_reward = (e["selfplay"]["attacker"]["reward"] for e in (base, paper))
+    assert base_reward["confidence"] is True and base_reward["graded"] is True
+    assert paper_reward["confidence"] is False and paper_reward["graded"] is False
 
 
 def _leaves(tree: object, key: str, path: str = "") -> dict[str, object]:

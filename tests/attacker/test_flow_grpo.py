@@ -164,6 +164,50 @@ def test_defender_reward_scores_a_scripted_defender(records: tuple[pd.DataFrame,
         assert (scores["efficacy"][8:] == 0).all() and (scores["clean_ok"][8:] == 0).all()
 
 
+class SureDefender(ScriptedDefender):
+    """A ScriptedDefender that also scores completions: the right answer at 0.9, 0.5, 0.1 in turn,
+    recording what it was asked to score."""
+
+    def __init__(self, records: pd.DataFrame, images: dict) -> None:
+        super().__init__(records, images, lambda e, c, r, i: [True] * 3)
+        self.scored: list[str] = []
+
+    def completion_probability(
+        self, images: Sequence[Any], prompts: Sequence[str], completions: Sequence[str], **kw: Any
+    ) -> list[float]:
+        start = len(self.scored)
+        self.scored += list(completions)
+        return [(0.9, 0.5, 0.1)[(start + i) % 3] for i in range(len(completions))]
+
+
+def test_confidence_efficacy_is_dense(records: tuple[pd.DataFrame, dict]) -> None:
+    """`confidence: true`: efficacy = 1 - the Defender's probability of the right answer, so
+    edits it answers right every time still get a graded reward (1 - 0.9, 1 - 0.5, 1 - 0.1);
+    unqueried edits stay at 0, and a Defender that cannot score completions is named."""
+    recs, images = records
+    cfg = FlowGRPOConfig.from_dict(
+        {**QUICK, "reward": {"validity_mode": "off", "graded": True, "confidence": True}}
+    )
+    items = build_items(recs, images, cfg.planner)
+    trainer = FlowGRPOTrainer(build_box_edit_pipeline(TINY, 0), items, cfg, lambda r: {}, seed=0)
+    rollout: Rollout = trainer.rollout(items[:3], 4, torch.Generator().manual_seed(0))
+    for it in items[:3]:
+        it.clean_answers = [_right(it.row)] * 3
+    defender = SureDefender(recs, images)
+    scores = DefenderAttackReward(defender, cfg.reward)(rollout)
+    queried = np.flatnonzero(scores["queried"])
+    assert len(queried) > 0 and (scores["edited_wrong_rate"][queried] == 0).all()
+    want = [(0.1, 0.5, 0.9)[j % 3] for j in range(len(queried))]
+    np.testing.assert_allclose(scores["efficacy"][queried], want)
+    np.testing.assert_allclose(scores["correct_probability"][queried], [1 - w for w in want])
+    assert defender.scored == [_right(rollout.items[i].row) for i in queried]
+    assert (scores["efficacy"][np.flatnonzero(scores["queried"] == 0)] == 0).all()
+    with pytest.raises(ValueError, match="completion_probability"):
+        DefenderAttackReward(ScriptedDefender(recs, images, lambda *a: [True] * 3), cfg.reward)(
+            rollout
+        )
+
+
 class JudgingDefender(ScriptedDefender):
     """A ScriptedDefender that also answers the validity judge's yes/no questions: Yes to every
     other one, in call order; it records what the judge showed and asked."""

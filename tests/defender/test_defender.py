@@ -62,6 +62,38 @@ def test_sampling_returns_n_answers_and_is_seeded(tiny_defender_dir: Path) -> No
     assert first != other
 
 
+def test_completion_probability_is_a_distribution_and_ignores_padding(
+    tiny_defender_dir: Path,
+) -> None:
+    """Scores of the four colour answers to one question sum to at most 1 (they are disjoint
+    replies), each matches the product of the step-by-step next-token probabilities, and a
+    score does not change when a longer prompt in the batch pads it on the left."""
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    image = _images(1)[0]
+    prompt = "What colour is the square?"
+    answers = ["\\boxed{red}", "\\boxed{blue}", "\\boxed{green}", "\\boxed{yellow}"]
+    probs = defender.completion_probability([image] * 4, [prompt] * 4, answers)
+    assert all(0.0 < p <= 1.0 for p in probs) and sum(probs) <= 1.0 + 1e-5
+    # The same probability from one forward per reply token, on the input cut before it.
+    tok = defender.processor.tokenizer
+    prefix = defender.chat_text(prompt)
+    n = len(tok(prefix + answers[0])["input_ids"]) - len(tok(prefix)["input_ids"])
+    full = defender.processor(images=[image], text=[prefix + answers[0]], return_tensors="pt")
+    length, manual = full["input_ids"].shape[1], 1.0
+    for cut in range(length - n, length):
+        part = {k: v[:, :cut] if k.endswith(("_ids", "_mask")) else v for k, v in full.items()}
+        with torch.no_grad():
+            logits = defender.model(**part).logits[0, -1].float()
+        manual *= float(torch.softmax(logits, -1)[full["input_ids"][0, cut]])
+    assert n >= 3 and probs[0] == pytest.approx(manual, rel=1e-3)
+    padded = defender.completion_probability(
+        [image, image], [prompt, prompt + " Think about the options carefully."], answers[:2]
+    )
+    assert padded[0] == pytest.approx(probs[0], rel=1e-3)
+    with pytest.raises(ValueError, match="completion_probability"):
+        defender.completion_probability([image], [prompt, prompt], answers[:2])
+
+
 def test_generate_rejects_bad_arguments(tiny_defender_dir: Path) -> None:
     defender = Defender.from_pretrained(tiny_defender_dir)
     with pytest.raises(ValueError, match="2 images but 1 prompts"):

@@ -61,7 +61,7 @@ from aot.attacker.qwen_edit import is_qwen_image_edit, run_qwen_edit_pass
 from aot.attacker.sde import SampleTrace, mean_kl
 from aot.bootstrap.pairs import Answerer  # the Defender interface the filter uses too
 from aot.config import reject_unknown
-from aot.rewards.answer import build_prompt
+from aot.rewards.answer import build_prompt, target_completion
 from aot.rewards.attack import (
     AttackRewardConfig,
     composite_reward,
@@ -466,6 +466,28 @@ class DefenderAttackReward:
             for a, e in zip(answers, expected, strict=True)
         ]
 
+    def correct_probability(self, rollout: Rollout, ask: Sequence[int]) -> list[float]:
+        """The Defender's probability of the right answer on each asked edit (``confidence``)."""
+        if not ask:
+            return []
+        mode = self.config.answer_mode
+        score = getattr(self.defender, "completion_probability", None)
+        if score is None:
+            raise ValueError(
+                "reward.confidence needs a Defender with completion_probability "
+                f"({type(self.defender).__name__} has none)"
+            )
+        rows = [rollout.items[i].row for i in ask]
+        return score(
+            [Image.fromarray(np.asarray(rollout.edited[i], dtype=np.uint8), "RGB") for i in ask],
+            [build_prompt(r["question"], list(r["options"]), mode) for r in rows],
+            [
+                target_completion(r["answer"], r.get("answer_text"), list(r["options"]), mode)
+                for r in rows
+            ],
+            batch_size=self.batch_size,
+        )
+
     def __call__(self, rollout: Rollout) -> dict[str, np.ndarray]:
         cfg = self.config
         rows: list[dict[str, float]] = []
@@ -503,6 +525,9 @@ class DefenderAttackReward:
         )
         self.seed += 1
         by_index = dict(zip(ask, answers, strict=True))
+        sure: dict[int, float] = {}
+        if cfg.confidence:
+            sure = dict(zip(ask, self.correct_probability(rollout, ask), strict=True))
         for i, r in enumerate(rows):
             item = rollout.items[i]
             r["queried"] = float(i in by_index)
@@ -524,6 +549,10 @@ class DefenderAttackReward:
                     "clean_ok": float(clean_ok[i]),
                 }
             r.update({k: v for k, v in eff.items() if k != "clean_correct_rate"})
+            if cfg.confidence:
+                r["correct_probability"] = sure.get(i, math.nan)
+                if i in sure:
+                    r["efficacy"] = (1.0 - sure[i]) * r["clean_ok"]
             r.update(composite_reward(r, cfg))
         return {k: np.array([r[k] for r in rows], dtype=float) for k in rows[0]}
 

@@ -154,3 +154,56 @@ class Defender:
             decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
             answers.extend(decoded[i : i + n] for i in range(0, len(decoded), n))
         return answers
+
+    @torch.inference_mode()
+    def completion_probability(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        *,
+        batch_size: int = 16,
+    ) -> list[float]:
+        """The model's probability of replying exactly `completions[i]` (teacher-forced).
+
+        A dense view of how sure the Defender is of an answer (transformers has no scoring
+        call for chat models, so it is written here): the product of the completion tokens'
+        probabilities after the generation prompt. Padding is on the left (as for `generate`),
+        so each row's completion is its last tokens.
+        """
+        if not len(images) == len(prompts) == len(completions):
+            raise ValueError(
+                f"completion_probability: {len(images)} images, {len(prompts)} prompts, "
+                f"{len(completions)} completions"
+            )
+        if batch_size < 1:
+            raise ValueError("completion_probability: batch_size must be positive")
+        tokenizer = self.processor.tokenizer
+        self.model.eval()
+        out: list[float] = []
+        for start in range(0, len(prompts), batch_size):
+            batch_images = [im.convert("RGB") for im in images[start : start + batch_size]]
+            prefixes = [self.chat_text(p) for p in prompts[start : start + batch_size]]
+            texts = [
+                prefix + completion
+                for prefix, completion in zip(
+                    prefixes, completions[start : start + batch_size], strict=True
+                )
+            ]
+            # Completion tokens: the difference in length, so a merge across the boundary counts.
+            lengths = [
+                len(tokenizer(t)["input_ids"]) - len(tokenizer(p)["input_ids"])
+                for t, p in zip(texts, prefixes, strict=True)
+            ]
+            inputs = self.processor(
+                images=batch_images, text=texts, padding=True, return_tensors="pt"
+            ).to(self.device)
+            logits = self.model(**inputs).logits.float()
+            log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
+            targets = inputs["input_ids"][:, 1:]
+            token_lp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            for row, n in enumerate(lengths):
+                if n < 1:
+                    raise ValueError(f"completion_probability: empty completion at {start + row}")
+                out.append(float(token_lp[row, -n:].sum().exp()))
+        return out

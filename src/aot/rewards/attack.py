@@ -357,6 +357,9 @@ class AttackRewardConfig:
     k: int = 3
     temperature: float = 1.0
     graded: bool = False
+    # 1 - the Defender's probability of the right answer (teacher-forced) as efficacy: dense
+    # where K sampled answers are mostly all right and give a group no spread.
+    confidence: bool = False
     require_clean_correct: bool = True
     clean_min: float = 1.0
     answer_mode: str = "word"
@@ -395,7 +398,7 @@ class AttackRewardConfig:
         number("judge_context", 0, math.inf, integer=True)
         number("judge_min_side", 1, math.inf, integer=True)
         number("fidelity_weight", 0.0, math.inf)
-        for name in ("exact_guard", "graded", "require_clean_correct"):
+        for name in ("exact_guard", "graded", "confidence", "require_clean_correct"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{owner}.{name} must be a bool, got {getattr(self, name)!r}")
         if self.k > 1 and self.temperature <= 0:
