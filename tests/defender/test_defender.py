@@ -92,6 +92,8 @@ def test_completion_probability_is_a_distribution_and_ignores_padding(
     assert padded[0] == pytest.approx(probs[0], rel=1e-3)
     with pytest.raises(ValueError, match="completion_probability"):
         defender.completion_probability([image], [prompt, prompt], answers[:2])
+    with pytest.raises(ValueError, match="empty completion at 1"):
+        defender.completion_probability([image, image], [prompt, prompt], [answers[0], ""])
 
 
 def test_generate_rejects_bad_arguments(tiny_defender_dir: Path) -> None:

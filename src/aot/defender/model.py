@@ -195,6 +195,9 @@ class Defender:
                 len(tokenizer(t)["input_ids"]) - len(tokenizer(p)["input_ids"])
                 for t, p in zip(texts, prefixes, strict=True)
             ]
+            empty = [start + row for row, n in enumerate(lengths) if n < 1]
+            if empty:
+                raise ValueError(f"completion_probability: empty completion at {empty[0]}")
             inputs = self.processor(
                 images=batch_images, text=texts, padding=True, return_tensors="pt"
             ).to(self.device)
@@ -202,8 +205,5 @@ class Defender:
             log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
             targets = inputs["input_ids"][:, 1:]
             token_lp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            for row, n in enumerate(lengths):
-                if n < 1:
-                    raise ValueError(f"completion_probability: empty completion at {start + row}")
-                out.append(float(token_lp[row, -n:].sum().exp()))
+            out.extend(float(token_lp[row, -n:].sum().exp()) for row, n in enumerate(lengths))
         return out
