@@ -56,8 +56,8 @@ def main() -> None:
                         "batch_size": 64,
                     },
                 )
-                given = answers["response"].str.extract(r"boxed\{(\w+)\}")[0].fillna("(none)")
-                accuracy = float((given == answers["answer_text"]).mean())
+                given = answers["extracted"].fillna("(none)")  # the protocol's own extraction
+                accuracy = float(answers["correct"].mean())
                 print(
                     f"\n{name} ({style} prompts), {scale} scenes: {len(answers)} questions, "
                     f"accuracy {accuracy:.3f}"
