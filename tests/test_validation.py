@@ -72,7 +72,7 @@ def test_paper_without_its_checkpoint_names_defender_path() -> None:
 
 def test_a_negative_count_names_the_key_and_its_file(tmp_path: Path) -> None:
     root = _conf_copy(tmp_path)
-    _edit(root, "conf/base/parameters_sft.yml", "max_steps: 300", "max_steps: -3")
+    _edit(root, "conf/base/parameters_sft.yml", "max_steps: 1000", "max_steps: -3")
     assert _errors(root) == [
         "conf/base/parameters_sft.yml: sft.trainer.max_steps must be a positive integer, got -3"
     ]
@@ -163,7 +163,7 @@ def test_an_unknown_model_kind_is_named(tmp_path: Path) -> None:
 
 def test_unknown_keys_are_named(tmp_path: Path) -> None:
     root = _conf_copy(tmp_path)
-    _edit(root, "conf/base/parameters_sft.yml", "max_steps: 300", "max_step: 300")
+    _edit(root, "conf/base/parameters_sft.yml", "max_steps: 1000", "max_step: 1000")
     _edit(root, "conf/base/parameters_bootstrap_dataset.yml", "per_record: 2", "per_recrd: 2")
     errors = _errors(root)
     assert len(errors) == 2, errors

@@ -828,6 +828,7 @@ def _check_evaluation(key: str, value: Any, ctx: _Context) -> list[Issue]:
             {
                 "clean_records": positive_int,
                 "attacked_records": positive_int,
+                "attacked_edits_per_record": positive_int,
                 "unseen_records": positive_int,
                 "unseen": subset_of(UNSEEN_MANIPULATIONS),
                 "sampling_steps": lambda _: None,  # checked by FlowGRPOConfig below

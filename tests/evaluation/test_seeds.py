@@ -165,3 +165,20 @@ def test_group_means_average_suites_per_seed_then_spread_over_seeds() -> None:
     assert suite_group("clean") == "clean" and suite_group("pope_random") is None
     text = summary_markdown(summarize_seeds(by_seed))
     assert "| attacked | 0.400 ± 0.141 / – |" in text
+
+
+def test_summary_markdown_pools_paired_attack_success_over_seeds() -> None:
+    key = "attacked_pooled/greedy"
+    by_seed = {
+        seed: {
+            f"aot_round_1/{key}/attack_success/overall": fooled / pairs,
+            f"aot_round_1/{key}/fooled/overall": fooled,
+            f"aot_round_1/{key}/pairs/overall": pairs,
+            f"base/{key}/attack_success/overall": 0.5,  # no counts: rate only
+        }
+        for seed, fooled, pairs in ((42, 1, 10), (43, 3, 10))
+    }
+    text = summary_markdown(summarize_seeds(by_seed))
+    assert "## attack success, attacked_pooled (paired)" in text
+    assert "| greedy | 0.500 ± 0.000 | 0.200 ± 0.141 (4/20) |" in text
+    assert summary_markdown(summarize_seeds(BY_SEED)).count("attack success") == 0

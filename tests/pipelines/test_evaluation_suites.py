@@ -61,3 +61,52 @@ def test_suites_answers_and_report(world) -> None:  # noqa: ANN001
     assert any(k.startswith("base/clean/greedy/pope/") for k in metrics)
     assert "| clean |" in report and "no verdict" in report
     assert np.isfinite(list(metrics.values())).all()
+    # every unseen row points back at a clean record, so it is paired: SaysYes answers the
+    # blurred image as it answers the clean one, so no blur breaks a clean-right question
+    assert set(suites["source_record_id"]) <= set(
+        suites.loc[suites["suite"] == "clean", "record_id"]
+    )
+    blur = suites[suites["suite"] == "unseen_blur"]
+    clean_yes = records.set_index("record_id").loc[blur["source_record_id"], "answer_text"]
+    assert metrics["base/unseen_blur/greedy/attack_success/overall"] == 0.0
+    assert metrics["base/unseen_blur/greedy/pairs/overall"] == int((clean_yes == "Yes").sum())
+
+
+def _paired_table(fooled: int) -> pd.DataFrame:
+    """Ten clean-right questions, each edited once by two Attackers; `fooled` of the first
+    Attacker's edits are answered wrong."""
+    rows = []
+    for i in range(10):
+        common = {
+            "protocol": "greedy",
+            "family": "attribute",
+            "source_record_id": f"r{i}",
+            "extracted": "red",
+        }
+        rows.append({**common, "suite": "clean", "record_id": f"r{i}", "correct": True})
+        for name in ("cold", "round_1"):
+            wrong = name == "cold" and i < fooled
+            rows.append(
+                {
+                    **common,
+                    "suite": f"attacked_{name}",
+                    "record_id": f"{name}-r{i}",
+                    "correct": not wrong,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    ("base_fooled", "aot_fooled", "verdict"),
+    [(4, 1, "lower than every"), (1, 4, "not lower than base")],
+)
+def test_report_pairs_attacked_rows_with_clean_answers(base_fooled, aot_fooled, verdict) -> None:  # noqa: ANN001
+    metrics, _, report = report_evaluation(
+        _paired_table(base_fooled), _paired_table(aot_fooled), model_names=("base", "aot_round_1")
+    )
+    assert metrics["base/attacked_cold/greedy/attack_success/overall"] == base_fooled / 10
+    assert metrics["aot_round_1/attacked_pooled/greedy/attack_success/overall"] == aot_fooled / 20
+    assert metrics["aot_round_1/attacked_pooled/greedy/pairs/overall"] == 20
+    assert f"| attacked_pooled | {base_fooled / 20:.3f} ({base_fooled}/20) |" in report
+    assert verdict in report

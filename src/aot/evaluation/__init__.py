@@ -25,6 +25,7 @@ from aot.evaluation.extraction import (
     extract_vstar,
     get_extractor,
 )
+from aot.evaluation.paired import PAIRED_COLUMNS, attack_success
 from aot.evaluation.pope import pope_metrics, pope_rows
 from aot.evaluation.protocols import PROTOCOLS, answer_table
 from aot.evaluation.suites import aggregate_seeds, flatten_metrics, mean_and_spread, summarize
@@ -40,6 +41,7 @@ __all__ = [
     "BENCHMARK_COLUMNS",
     "BENCHMARK_LOADERS",
     "EXTRACTORS",
+    "PAIRED_COLUMNS",
     "PROTOCOLS",
     "UNSEEN_MANIPULATIONS",
     "BenchmarkError",
@@ -47,6 +49,7 @@ __all__ = [
     "Manipulated",
     "aggregate_seeds",
     "answer_table",
+    "attack_success",
     "apply_unseen",
     "colour_dependent",
     "extract_hrbench",

@@ -48,7 +48,13 @@ from aot.evaluation.suites import as_flat, mean_and_spread
 logger = logging.getLogger(__name__)
 
 # model/suite/protocol/<metric>: the metrics summarised by default.
-KEY_METRICS = ("accuracy/overall", "parsed/overall")
+KEY_METRICS = (
+    "accuracy/overall",
+    "parsed/overall",
+    "attack_success/overall",  # paired (aot.evaluation.paired), with its counts
+    "pairs/overall",
+    "fooled/overall",
+)
 SUMMARY_COLUMNS = [
     "model",
     "suite",
@@ -207,6 +213,7 @@ def summary_markdown(summary: pd.DataFrame, metric: str = "accuracy/overall") ->
                 cells.append(" / ".join(parts))
             lines.append(f"| {group} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _paired_lines(summary)
     for protocol, table in chosen.groupby("protocol", sort=False):
         models = _model_order(table["model"])
         lines += [f"## {protocol}", "", "| suite | " + " | ".join(models) + " |"]
@@ -219,6 +226,45 @@ def summary_markdown(summary: pd.DataFrame, metric: str = "accuracy/overall") ->
             lines.append(f"| {suite} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _paired_lines(summary: pd.DataFrame, suite: str = "attacked_pooled") -> list[str]:
+    """Paired attack success on ``suite`` per model and protocol: mean ± std over the seeds,
+    and fooled / pairs summed over the seeds (the pooled rate)."""
+    rows = summary[summary["suite"] == suite].set_index(["model", "protocol", "metric"])
+    if "attack_success/overall" not in set(summary.loc[summary["suite"] == suite, "metric"]):
+        return []
+    models = _model_order(summary.loc[summary["suite"] == suite, "model"])
+    lines = [
+        f"## attack success, {suite} (paired)",
+        "",
+        "Of the questions a Defender answers right on the clean image, the share it gets wrong "
+        "after an Attacker's edit: mean ± std over the seeds; in brackets fooled / pairs summed "
+        "over the seeds. Lower is more robust.",
+        "",
+        "| protocol | " + " | ".join(models) + " |",
+        "|---" * (len(models) + 1) + "|",
+    ]
+    for protocol in sorted(set(summary.loc[summary["suite"] == suite, "protocol"])):
+        cells = []
+        for model in models:
+            key = (model, protocol, "attack_success/overall")
+            if key not in rows.index:
+                cells.append("–")
+                continue
+            rate = rows.loc[key]
+            text = f"{rate['mean']:.3f} ± {rate['std']:.3f}"
+            counts = [(model, protocol, f"{m}/overall") for m in ("fooled", "pairs")]
+            if all(c in rows.index for c in counts):
+                fooled, pairs = (_total(rows.loc[c, "values"]) for c in counts)
+                text += f" ({fooled}/{pairs})"
+            cells.append(text)
+        lines.append(f"| {protocol} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _total(values: str) -> int:
+    return int(round(sum(float(v) for v in str(values).split())))
 
 
 def _model_order(models: pd.Series) -> list[str]:

@@ -13,11 +13,18 @@ from matplotlib.figure import Figure
 
 from aot.attacker import BoxEditPipeline
 from aot.defender import Defender
-from aot.evaluation import UNSEEN_MANIPULATIONS, answer_table, apply_unseen, flatten_metrics
+from aot.evaluation import (
+    UNSEEN_MANIPULATIONS,
+    answer_table,
+    apply_unseen,
+    attack_success,
+    flatten_metrics,
+)
 from aot.evaluation import summarize as summarize_suite
 from aot.selfplay import attack_records
 
 logger = logging.getLogger(__name__)
+ATTACKED_POOLED = "attacked_pooled"  # every attacked suite together, for the paired metric
 SUITE_COLUMNS = [
     "record_id",
     "scene_id",
@@ -29,6 +36,7 @@ SUITE_COLUMNS = [
     "answer_text",
     "target_boxes",
     "image",
+    "source_record_id",  # the clean record an edited row comes from (itself for clean rows)
 ]
 
 
@@ -53,9 +61,11 @@ def build_suites(
     clean = held_out.sample(
         n=min(len(held_out), int(suites.get("clean_records", 120))), random_state=seed
     ).reset_index(drop=True)
+    clean = clean.assign(source_record_id=clean["record_id"])
     parts = [clean[SUITE_COLUMNS].assign(suite="clean", clean_image=clean["image"])]
     extra: dict[str, Any] = {}
     n_attacked = int(suites.get("attacked_records", 100))
+    edits = int(suites.get("attacked_edits_per_record", 1))
     for name, attacker in zip(attacker_names, attackers, strict=True):
         attacked, edited = attack_records(
             attacker,
@@ -63,7 +73,7 @@ def build_suites(
             clean.head(n_attacked),
             images,
             scenes,
-            edits_per_record=1,
+            edits_per_record=edits,
             sampling_steps=int(suites.get("sampling_steps", 6)),
             noise_level=float(suites.get("noise_level", 0.7)),
             k=1,
@@ -125,9 +135,15 @@ def report_evaluation(
     *predictions: pd.DataFrame, model_names: tuple[str, ...] = ()
 ) -> tuple[dict[str, Any], Figure, str]:
     """metrics.json (``model/suite/protocol/...`` keys), a robustness figure and a Markdown
-    report that says in plain words whether the AOT rounds beat the base Defender here."""
+    report that says in plain words whether the AOT rounds beat the base Defender here.
+
+    Besides accuracy, every suite with clean counterparts gets the paired attack success
+    (``model/<suite>/<protocol>/attack_success/<family>``, with ``pairs`` and ``fooled``), and
+    the attacked suites pooled get it as ``model/attacked_pooled/...``.
+    """
     nested: dict[str, Any] = {}
     rows = []
+    paired = []
     for name, table in zip(model_names, predictions, strict=True):
         for (suite, protocol), group in table.groupby(["suite", "protocol"]):
             summary = summarize_suite(group)
@@ -141,9 +157,16 @@ def report_evaluation(
                     "n": summary["n"]["overall"],
                 }
             )
+        flips = attack_success(table, pooled={ATTACKED_POOLED: "attacked_"})
+        for (suite, protocol), group in flips.groupby(["suite", "protocol"]):
+            entry = nested.setdefault(name, {}).setdefault(suite, {}).setdefault(protocol, {})
+            for column in ("attack_success", "pairs", "fooled"):
+                entry[column] = dict(zip(group["family"], group[column], strict=True))
+        paired.append(flips.assign(model=name))
     metrics = flatten_metrics(nested)
     table = pd.DataFrame(rows)
-    return metrics, _figure(table, model_names), _markdown(table, model_names)
+    flips = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()
+    return metrics, _figure(table, model_names), _markdown(table, flips, model_names)
 
 
 def _group(suite: str) -> str:
@@ -169,7 +192,7 @@ def _figure(table: pd.DataFrame, model_names: tuple[str, ...]) -> Figure:
     return fig
 
 
-def _markdown(table: pd.DataFrame, model_names: tuple[str, ...]) -> str:
+def _markdown(table: pd.DataFrame, flips: pd.DataFrame, model_names: tuple[str, ...]) -> str:
     greedy = table[table["protocol"] == "greedy"]
     pivot = greedy.pivot_table(index="suite", columns="model", values="accuracy")
     pivot = pivot[[m for m in model_names if m in pivot.columns]]
@@ -179,8 +202,53 @@ def _markdown(table: pd.DataFrame, model_names: tuple[str, ...]) -> str:
     lines.append("|---" * (len(pivot.columns) + 1) + "|")
     for suite, row in pivot.iterrows():
         lines.append(f"| {suite} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
-    lines += ["", *_verdicts(table, model_names)]
+    lines += ["", *_verdicts(table, model_names), *_paired_section(flips, model_names)]
     return "\n".join(lines)
+
+
+def _paired_section(flips: pd.DataFrame, model_names: tuple[str, ...]) -> list[str]:
+    """Greedy attack success per attacked suite and pooled (fooled / pairs), and a verdict on
+    the pooled figure for the last AOT Defender."""
+    if flips.empty:
+        return []
+    rows = flips[
+        (flips["protocol"] == "greedy")
+        & (flips["family"] == "overall")
+        & flips["suite"].str.startswith("attacked_")
+    ]
+    if rows.empty:
+        return []
+    models = [m for m in model_names if m in set(rows["model"])]
+    lines = ["## Attack success (paired)", ""]
+    lines += ["Of the questions a Defender answers right on the clean image, the share it gets"]
+    lines += ["wrong after the edit (greedy; fooled / pairs). Lower is more robust.", ""]
+    lines.append("| suite | " + " | ".join(models) + " |")
+    lines.append("|---" * (len(models) + 1) + "|")
+    cells = {
+        (r["suite"], r["model"]): f"{r['attack_success']:.3f} ({r['fooled']}/{r['pairs']})"
+        for r in rows.to_dict("records")
+    }
+    suites = sorted(set(rows["suite"]) - {ATTACKED_POOLED}) + [ATTACKED_POOLED]
+    for suite in suites:
+        values = [cells.get((suite, m), "-") for m in models]
+        lines.append(f"| {suite} | " + " | ".join(values) + " |")
+    aot = [m for m in models if m.startswith("aot_")]
+    if aot:
+        pooled = rows[rows["suite"] == ATTACKED_POOLED].set_index("model")["attack_success"]
+        last = aot[-1]
+        others = [m for m in models if m != last and m in pooled]
+        lower = [m for m in others if pooled[last] < pooled[m]]
+        detail = ", ".join(f"{m} {pooled[m]:.3f}" for m in others)
+        verdict = (
+            "lower than every other model on this run."
+            if len(lower) == len(others)
+            else f"not lower than {', '.join(m for m in others if m not in lower)}."
+        )
+        lines += [
+            "",
+            f"- {last}'s pooled attack success is {pooled[last]:.3f} ({detail}): {verdict}",
+        ]
+    return [*lines, ""]
 
 
 def _verdicts(table: pd.DataFrame, model_names: tuple[str, ...]) -> list[str]:
