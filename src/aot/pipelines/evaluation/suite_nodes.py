@@ -248,6 +248,8 @@ def _paired_section(flips: pd.DataFrame, model_names: tuple[str, ...]) -> list[s
             "",
             f"- {last}'s pooled attack success is {pooled[last]:.3f} ({detail}): {verdict}",
         ]
+    lines += ["", "One seed, and fooled questions are few: a difference of a handful is noise."]
+    lines += ["`make seeds` pools several (fooled / pairs summed in its summary.md)."]
     return [*lines, ""]
 
 
