@@ -25,7 +25,7 @@ from aot.evaluation.extraction import (
     extract_vstar,
     get_extractor,
 )
-from aot.evaluation.paired import PAIRED_COLUMNS, attack_success
+from aot.evaluation.paired import attack_success
 from aot.evaluation.pope import pope_metrics, pope_rows
 from aot.evaluation.protocols import PROTOCOLS, answer_table
 from aot.evaluation.suites import aggregate_seeds, flatten_metrics, mean_and_spread, summarize
@@ -41,7 +41,6 @@ __all__ = [
     "BENCHMARK_COLUMNS",
     "BENCHMARK_LOADERS",
     "EXTRACTORS",
-    "PAIRED_COLUMNS",
     "PROTOCOLS",
     "UNSEEN_MANIPULATIONS",
     "BenchmarkError",

@@ -231,10 +231,11 @@ def summary_markdown(summary: pd.DataFrame, metric: str = "accuracy/overall") ->
 def _paired_lines(summary: pd.DataFrame, suite: str = "attacked_pooled") -> list[str]:
     """Paired attack success on ``suite`` per model and protocol: mean ± std over the seeds,
     and fooled / pairs summed over the seeds (the pooled rate)."""
-    rows = summary[summary["suite"] == suite].set_index(["model", "protocol", "metric"])
-    if "attack_success/overall" not in set(summary.loc[summary["suite"] == suite, "metric"]):
+    part = summary[summary["suite"] == suite]
+    if "attack_success/overall" not in set(part["metric"]):
         return []
-    models = _model_order(summary.loc[summary["suite"] == suite, "model"])
+    rows = part.set_index(["model", "protocol", "metric"])
+    models = _model_order(part["model"])
     lines = [
         f"## attack success, {suite} (paired)",
         "",
@@ -245,26 +246,24 @@ def _paired_lines(summary: pd.DataFrame, suite: str = "attacked_pooled") -> list
         "| protocol | " + " | ".join(models) + " |",
         "|---" * (len(models) + 1) + "|",
     ]
-    for protocol in sorted(set(summary.loc[summary["suite"] == suite, "protocol"])):
+    for protocol in sorted(set(part["protocol"])):
         cells = []
         for model in models:
             key = (model, protocol, "attack_success/overall")
             if key not in rows.index:
                 cells.append("–")
                 continue
-            rate = rows.loc[key]
-            text = f"{rate['mean']:.3f} ± {rate['std']:.3f}"
+            text = f"{rows.loc[key, 'mean']:.3f} ± {rows.loc[key, 'std']:.3f}"
             counts = [(model, protocol, f"{m}/overall") for m in ("fooled", "pairs")]
             if all(c in rows.index for c in counts):
-                fooled, pairs = (_total(rows.loc[c, "values"]) for c in counts)
+                # a count's sum over the seeds is its mean times the number of seeds
+                fooled, pairs = (
+                    round(rows.loc[c, "mean"] * rows.loc[c, "n_seeds"]) for c in counts
+                )
                 text += f" ({fooled}/{pairs})"
             cells.append(text)
         lines.append(f"| {protocol} | " + " | ".join(cells) + " |")
     return [*lines, ""]
-
-
-def _total(values: str) -> int:
-    return int(round(sum(float(v) for v in str(values).split())))
 
 
 def _model_order(models: pd.Series) -> list[str]:

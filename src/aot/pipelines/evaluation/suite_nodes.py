@@ -165,8 +165,8 @@ def report_evaluation(
         paired.append(flips.assign(model=name))
     metrics = flatten_metrics(nested)
     table = pd.DataFrame(rows)
-    flips = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()
-    return metrics, _figure(table, model_names), _markdown(table, flips, model_names)
+    paired_table = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()
+    return metrics, _figure(table, model_names), _markdown(table, paired_table, model_names)
 
 
 def _group(suite: str) -> str:
