@@ -4,9 +4,10 @@ Run: `.venv/bin/python benchmarks/bench_overhead.py --env base --pipeline selfpl
 --namespaces selfplay.round_1` (after `dvc repro`, which made the round's inputs).
 The project's conf/ and data/ are copied to a temporary folder and the pipeline runs there,
 in-process through a KedroSession, so data/ is left as it was. Timers wrap the forward of every
-model class the project trains or queries (the Qwen2.5-VL Defender, the Attacker's UNet and
-edit planner, a Qwen-Image-Edit transformer), `torch.Tensor.backward` / `torch.autograd.backward`,
-and the optimizers' `step`; nested calls count once. "Overhead" is the rest: Kedro, dataset
+model class the project trains or queries (the Qwen2.5-VL Defender and, on its own, its vision
+tower; the Attacker's UNet and edit planner; a Qwen-Image-Edit transformer),
+`torch.Tensor.backward` / `torch.autograd.backward`, and the optimizers' `step`; nested calls
+count once. "Overhead" is the rest: Kedro, dataset
 I/O, image processing, tokenising, sampling loops in Python, rewards. Per-node shares come from
 Kedro's node hooks. Writes benchmarks/results/overhead_<env>.md.
 """
@@ -60,10 +61,20 @@ class Clock:
 def _model_classes() -> list[type]:
     from diffusers import UNet2DModel
     from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+        Qwen2_5_VisionTransformerPretrainedModel,
+    )
 
     from aot.attacker.planner import EditPlanner
 
-    classes: list[type] = [Qwen2_5_VLForConditionalGeneration, UNet2DModel, EditPlanner]
+    # The vision tower on its own: `generate` encodes the images before the first forward
+    # (transformers' multimodal encoder kwargs), outside the top-level model's forward.
+    classes: list[type] = [
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VisionTransformerPretrainedModel,
+        UNet2DModel,
+        EditPlanner,
+    ]
     try:
         from diffusers import QwenImageTransformer2DModel
 

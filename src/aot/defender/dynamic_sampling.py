@@ -51,6 +51,8 @@ from trl.trainer.utils import (
     unsplit_pixel_values_by_grid,
 )
 
+from aot.defender.image_cache import cached_preprocessing
+
 logger = logging.getLogger(__name__)
 
 METRIC_PREFIX = "dapo/"
@@ -334,6 +336,15 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
         return self.accelerator.gather(count.reshape(1)).sum()
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        # One step's rollouts see each prompt's image 2 x num_generations times per round: the
+        # processor makes its patches once (the cache lives for this step only, so it stays small).
+        image_processor = getattr(self.processing_class, "image_processor", None)
+        if image_processor is None:
+            return self._dynamic_generate_and_score(inputs)
+        with cached_preprocessing(image_processor, {}):
+            return self._dynamic_generate_and_score(inputs)
+
+    def _dynamic_generate_and_score(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         if not self.model.training or not self.dynamic_sampling:
             return super()._generate_and_score_completions(inputs)
         group = self.num_generations
