@@ -7,9 +7,9 @@ in-process through a KedroSession, so data/ is left as it was. Timers wrap the f
 model class the project trains or queries (the Qwen2.5-VL Defender and, on its own, its vision
 tower; the Attacker's UNet and edit planner; a Qwen-Image-Edit transformer),
 `torch.Tensor.backward` / `torch.autograd.backward`, and the optimizers' `step`; nested calls
-count once. "Overhead" is the rest: Kedro, dataset
-I/O, image processing, tokenising, sampling loops in Python, rewards. Per-node shares come from
-Kedro's node hooks. Writes benchmarks/results/overhead_<env>.md.
+count once. "Overhead" is the rest: Kedro, dataset I/O, image processing, tokenising, sampling
+loops in Python, rewards. Per-node shares come from Kedro's node hooks. Writes
+benchmarks/results/overhead_<env>.md.
 """
 
 from __future__ import annotations

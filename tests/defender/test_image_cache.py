@@ -64,10 +64,12 @@ def test_each_distinct_image_is_processed_once(processor, monkeypatch) -> None: 
 def test_the_processor_is_left_as_it_was(processor, tmp_path: Path) -> None:  # noqa: ANN001
     image_processor = processor.image_processor
     array = np.zeros((112, 112, 3), dtype=np.uint8)
-    with cached_preprocessing(image_processor, {}):
-        # anything but PIL images goes to the processor unchanged
+    cache: dict = {}
+    with cached_preprocessing(image_processor, cache):
+        # anything but PIL images goes to the processor unchanged, and is not cached
         out = image_processor([array], return_tensors="pt")
         assert out["pixel_values"].shape[0] == int(out["image_grid_thw"].prod())
+    assert cache == {}
     assert "preprocess" not in vars(image_processor)
     processor.save_pretrained(tmp_path)  # still serialisable, and loads back the same
     reloaded = AutoProcessor.from_pretrained(tmp_path).image_processor
