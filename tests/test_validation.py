@@ -500,3 +500,11 @@ def test_the_parameter_hook_names_files_of_the_runs_conf_source(tmp_path: Path) 
             pipeline=pipeline,
             catalog=catalog,
         )
+
+
+def test_the_evaluation_image_cache_takes_a_size_in_megabytes() -> None:
+    params, _ = load_parameters(PROJECT_ROOT, "base")
+    assert validate_parameters(params, sections={"evaluation"}, root=PROJECT_ROOT) == []
+    params["evaluation"]["image_cache_mb"] = -1
+    errors = validate_parameters(params, sections={"evaluation"}, root=PROJECT_ROOT)
+    assert errors == ["evaluation.image_cache_mb must be an integer >= 0, got -1"]

@@ -855,6 +855,7 @@ def _check_evaluation(key: str, value: Any, ctx: _Context) -> list[Issue]:
             "protocols": subset_of(PROTOCOLS, empty=False),
             "trials": positive_int,
             "temperature": non_negative_number,
+            "image_cache_mb": non_negative_int,
         },
         {"suites": suites},
     )

@@ -1,4 +1,5 @@
-"""The per-step image cache gives the processor's own patches and runs it once per image."""
+"""The image caches give the processor's own patches and the model's own features, and run each
+once per distinct image."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from aot.defender.image_cache import cached_preprocessing, image_key
+from aot.defender import Defender
+from aot.defender.image_cache import (
+    BoundedCache,
+    cached_image_features,
+    cached_preprocessing,
+    image_key,
+    nbytes,
+    vision_owner,
+)
+from aot.evaluation.protocols import DecodedImages
 
 
 def _images(n: int, size: int, seed: int) -> list[Image.Image]:
@@ -74,3 +84,101 @@ def test_the_processor_is_left_as_it_was(processor, tmp_path: Path) -> None:  # 
     processor.save_pretrained(tmp_path)  # still serialisable, and loads back the same
     reloaded = AutoProcessor.from_pretrained(tmp_path).image_processor
     assert reloaded.to_dict() == image_processor.to_dict()
+
+
+def test_a_bounded_cache_declines_entries_once_full() -> None:
+    cache = BoundedCache(max_bytes=1000)
+    cache["a"] = torch.zeros(100, dtype=torch.float32)  # 400 bytes
+    cache["b"] = (torch.zeros(50, dtype=torch.float32), torch.zeros(10, dtype=torch.int64))
+    cache["c"] = torch.zeros(100, dtype=torch.float32)  # would make 1080: declined
+    cache["d"] = Image.new("RGB", (5, 5))  # 75 bytes: still fits
+    assert list(cache) == ["a", "b", "d"]
+    assert cache.bytes == 400 + 280 + 75 == sum(nbytes(v) for v in cache.values())
+    cache["a"] = torch.zeros(1)  # an existing key is not replaced or counted twice
+    assert cache["a"].numel() == 100 and cache.bytes == 755
+    with pytest.raises(ValueError, match="max_bytes"):
+        BoundedCache(-1)
+
+
+@pytest.fixture
+def defender(tiny_defender_dir: Path) -> Defender:
+    return Defender.from_pretrained(tiny_defender_dir)
+
+
+def _features(defender: Defender, images: list[Image.Image]) -> tuple[torch.Tensor, ...]:
+    inputs = defender.processor.image_processor(images, return_tensors="pt")
+    with torch.inference_mode():
+        out = defender.model.model.get_image_features(
+            inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True
+        )
+    return tuple(out.pooler_output)
+
+
+def test_cached_features_equal_the_models_own(defender: Defender, monkeypatch) -> None:  # noqa: ANN001
+    distinct = _images(3, 112, 3) + _images(1, 168, 4)
+    batch = [distinct[i] for i in (0, 3, 0, 1, 2, 3, 1)]
+    reference = _features(defender, batch)
+    visual = defender.model.model.visual
+    calls: list[int] = []
+    original = type(visual).forward
+
+    def counting(self, hidden_states, grid_thw, **kwargs):  # noqa: ANN001, ANN202
+        calls.append(len(grid_thw))
+        return original(self, hidden_states, grid_thw, **kwargs)
+
+    monkeypatch.setattr(type(visual), "forward", counting)
+    cache: dict = {}
+    with cached_image_features(defender.model, cache):
+        first = _features(defender, batch)
+        second = _features(defender, batch[::-1])
+    assert calls == [4]  # the 4 distinct images, once; the second call is all hits
+    assert len(cache) == 4
+    for got, want in zip(first + second[::-1], reference + reference, strict=True):
+        assert torch.equal(got, want)
+    assert "get_image_features" not in vars(vision_owner(defender.model))
+
+
+def test_features_are_not_cached_while_recording_gradients(defender: Defender) -> None:
+    images = _images(2, 112, 5)
+    inputs = defender.processor.image_processor(images, return_tensors="pt")
+    cache: dict = {}
+    with cached_image_features(defender.model, cache):
+        out = defender.model.model.get_image_features(
+            inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True
+        )
+    assert cache == {}
+    assert out.pooler_output[0].requires_grad  # the training forward still backpropagates
+
+
+def test_generate_answers_the_same_with_a_shared_cache(defender: Defender) -> None:
+    images = _images(4, 112, 6) * 2
+    prompts = [f"What colour is object {i}?" for i in range(8)]
+    plain = defender.generate(images, prompts, max_new_tokens=4, batch_size=3)
+    cache = BoundedCache(2**20)
+    with defender.reusing_images(cache):
+        first = defender.generate(images, prompts, max_new_tokens=4, batch_size=3)
+        again = defender.generate(images, prompts, max_new_tokens=4, batch_size=3)
+    assert plain == first == again
+    assert len(cache) == 4  # the features of the 4 distinct images; patches are kept per call
+    assert defender._image_cache is None
+
+
+def test_decoded_images_load_each_picture_once() -> None:
+    loads: list[str] = []
+
+    def lazy(key: str, colour: tuple[int, int, int]):  # noqa: ANN202
+        def load() -> Image.Image:
+            loads.append(key)
+            return Image.new("RGB", (4, 4), colour)
+
+        return load
+
+    images = {"a": lazy("a", (1, 2, 3)), "b": lazy("b", (4, 5, 6))}
+    decoded = DecodedImages(images, BoundedCache(48))  # room for one 4x4 RGB picture
+    assert decoded["a"].getpixel((0, 0)) == (1, 2, 3)
+    assert decoded["a"].getpixel((0, 0)) == (1, 2, 3)
+    decoded["b"], decoded["b"]
+    assert loads == ["a", "b", "b"]  # "a" was kept; "b" did not fit
+    assert "a" in decoded and "c" not in decoded and len(decoded) == 2
+    with pytest.raises(KeyError, match="'c'"):
+        decoded["c"]

@@ -51,7 +51,7 @@ from trl.trainer.utils import (
     unsplit_pixel_values_by_grid,
 )
 
-from aot.defender.image_cache import cached_preprocessing
+from aot.defender.image_cache import reusing_images
 
 logger = logging.getLogger(__name__)
 
@@ -335,18 +335,17 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
             return count
         return self.accelerator.gather(count.reshape(1)).sum()
 
-    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        # One step's rollouts see each prompt's image 2 x num_generations times per round: the
-        # processor makes its patches once (the cache lives for this step only, so it stays small).
-        image_processor = getattr(self.processing_class, "image_processor", None)
-        if image_processor is None:
-            return self._dynamic_generate_and_score(inputs)
-        with cached_preprocessing(image_processor, {}):
-            return self._dynamic_generate_and_score(inputs)
-
-    def _dynamic_generate_and_score(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        if not self.model.training or not self.dynamic_sampling:
+    def _rollout(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """TRL's rollout and scoring of one batch. It sees each prompt's image 2 x
+        num_generations times: the processor makes its patches and the vision tower its
+        features once while no gradient is recorded. The cache lives for this batch only, so
+        its memory is the batch's, and the weights cannot change while it lives."""
+        with reusing_images(self.model, self.processing_class, {}):
             return super()._generate_and_score_completions(inputs)
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        if not self.model.training or not self.dynamic_sampling:
+            return self._rollout(inputs)
         group = self.num_generations
         processes = self.accelerator.num_processes
         rank = self.accelerator.process_index
@@ -366,7 +365,7 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
         tries = 0
         while tries < self.max_tries and not all(b.full for b in batches):
             round_inputs = inputs if tries == 0 else self._refill_inputs(tries, used)
-            output = super()._generate_and_score_completions(round_inputs)
+            output = self._rollout(round_inputs)
             everyone = self._last_rewards().reshape(processes, -1)
             tries += 1
             for p, b in enumerate(batches):

@@ -1,5 +1,5 @@
-"""Preprocess each distinct image once while a trainer rolls out (hand-written: transformers has
-no cache for image processors).
+"""Preprocess and encode each distinct image once (hand-written: transformers has no cache for
+image processors or for a VLM's image features).
 
 TRL's GRPOTrainer runs the Qwen2.5-VL processor twice per rollout batch (for `generate`, then
 again to score the completions), on every copy of a prompt's image (`num_generations` copies),
@@ -8,27 +8,75 @@ was about a fifth of the DAPO node's time under cProfile (9.2 of 44 s; README, M
 each image turned into the same patches 2 x `num_generations` times. `cached_preprocessing`
 memoises `image_processor.preprocess` per image content for the duration of a `with` block; the
 patches are exactly the ones the processor makes for that image alone.
+
+`cached_image_features` does the same one step later, for the vision tower: Qwen2.5-VL's
+`get_image_features` runs once per distinct patch tensor while no gradient is being recorded.
+The evaluation answers every suite image once per protocol and strict trial (up to 4 times), so
+it keeps the features, and the decoded pictures, for the whole node in a `BoundedCache`; patches
+(about 40 times the features' size on the default) are kept for one batch only.
+
+A cached image's features are the ones it got in the batch that first saw it. That is
+bit-for-bit what it would get in any other batch as long as the vision tower is batch-invariant;
+on the 2-core CPU, with the tiny default, it is (an image's features alone and within batches of
+32 are `torch.equal`), so the pipelines' outputs are unchanged by the cache. Kernels that are
+not batch-invariant (some GPU attention and GEMM paths) can change the last bits.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, MutableMapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
+import xxhash
 from PIL import Image
 from transformers import BatchFeature
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 Cached = tuple[torch.Tensor, torch.Tensor]
+
+
+def nbytes(value: Any) -> int:
+    """Bytes held by a tensor, a PIL image, or a tuple or list of them (0 for anything else)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Image.Image):
+        return value.width * value.height * len(value.getbands())
+    if isinstance(value, (tuple, list)):
+        return sum(nbytes(v) for v in value)
+    return 0
+
+
+class BoundedCache(dict):
+    """A dict that stops taking new entries once its values hold ``max_bytes``.
+
+    No eviction, on purpose: the evaluation passes over the same images in the same order up to
+    four times, and under that access pattern a least-recently-used cache smaller than the pass
+    misses every time, while keeping the first entries hits them on every pass.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__()
+        if max_bytes < 0:
+            raise ValueError(f"BoundedCache: max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key in self:
+            return
+        size = nbytes(value)
+        if self.bytes + size <= self.max_bytes:
+            super().__setitem__(key, value)
+            self.bytes += size
 
 
 def image_key(image: Any) -> str | None:
     """A content key for a PIL image (mode, size and pixels); None for anything else."""
     if not isinstance(image, Image.Image):
         return None
-    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+    digest = xxhash.xxh3_128(image.tobytes())
     digest.update(f"{image.mode}{image.size}".encode())
     return digest.hexdigest()
 
@@ -59,11 +107,14 @@ def cached_preprocessing(
         if args or not flat or None in keys or tensors not in (None, "pt"):
             return original(images, *args, **kwargs)
         options = repr(sorted((k, repr(v)) for k, v in kwargs.items() if k != "return_tensors"))
+        hits: list[Cached] = []
         for key, image in zip(keys, flat, strict=True):
-            if (key, options) not in cache:
+            hit = cache.get((key, options))
+            if hit is None:
                 out = original([image], **{**kwargs, "return_tensors": "pt"})
-                cache[(key, options)] = (out["pixel_values"], out["image_grid_thw"])
-        hits = [cache[(key, options)] for key in keys]
+                hit = (out["pixel_values"], out["image_grid_thw"])
+                cache[(key, options)] = hit  # a full BoundedCache declines it
+            hits.append(hit)
         data = {
             "pixel_values": torch.cat([pixels for pixels, _ in hits]),
             "image_grid_thw": torch.cat([grid for _, grid in hits]),
@@ -75,3 +126,93 @@ def cached_preprocessing(
         yield
     finally:
         del image_processor.preprocess
+
+
+def tensor_key(pixels: torch.Tensor, grid: torch.Tensor) -> str:
+    """A content key for one image's patches (values, dtype, shape and grid)."""
+    data = pixels.detach().contiguous().cpu()
+    digest = xxhash.xxh3_128(data.view(torch.uint8).numpy())
+    digest.update(f"{data.dtype}{tuple(data.shape)}{grid.tolist()}".encode())
+    return digest.hexdigest()
+
+
+def vision_owner(model: Any) -> Any:
+    """The submodule whose ``get_image_features`` encodes images for ``forward`` and
+    ``generate`` (Qwen2.5-VL's ``Qwen2_5_VLModel``; under a peft wrapper too); None if none."""
+    for module in model.modules():
+        if hasattr(type(module), "get_image_features") and hasattr(module, "visual"):
+            return module
+    return None
+
+
+@contextmanager
+def cached_image_features(model: Any, cache: MutableMapping[Any, Any]) -> Iterator[None]:
+    """Within the block, the model encodes each distinct image (same patches, same grid) once
+    while no gradient is recorded, and reuses its features otherwise.
+
+    Only valid while the weights do not change: callers keep a cache for one rollout batch
+    (DAPO), one answer batch, or one frozen model (evaluation). Calls that record gradients, or
+    that ask for more than the features (hidden states, attentions), go to the model unchanged.
+    """
+    owner = vision_owner(model)
+    if owner is None:
+        yield
+        return
+    original = owner.get_image_features
+    merge = int(getattr(owner.visual, "spatial_merge_size", 1)) ** 2
+
+    def get_image_features(
+        pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs: Any
+    ) -> Any:
+        extra = {k for k in kwargs if k != "return_dict"}
+        if torch.is_grad_enabled() or extra or image_grid_thw is None:
+            return original(pixel_values, image_grid_thw, **kwargs)
+        sizes = image_grid_thw.prod(-1).tolist()
+        chunks = pixel_values.split(sizes)
+        keys = [(tensor_key(c, g), "features") for c, g in zip(chunks, image_grid_thw, strict=True)]
+        features = [cache.get(key) for key in keys]
+        todo = list(dict.fromkeys(key for key, f in zip(keys, features, strict=True) if f is None))
+        if todo:
+            first = [keys.index(key) for key in todo]  # duplicates within the call encoded once
+            if len(first) == len(keys):
+                out = original(pixel_values, image_grid_thw, **kwargs)
+            else:
+                batch = torch.cat([chunks[i] for i in first])
+                out = original(batch, image_grid_thw[first], **kwargs)
+            fresh = dict(zip(todo, out.pooler_output, strict=True))
+            for key, value in fresh.items():
+                # a copy, not a view, so the batch's tensor can be freed (a full cache declines it)
+                cache[key] = value.clone()
+            features = [fresh[k] if f is None else f for k, f in zip(keys, features, strict=True)]
+        if any(f.shape[0] != n // merge for f, n in zip(features, sizes, strict=True)):
+            raise RuntimeError("cached_image_features: feature and patch counts disagree")
+        return BaseModelOutputWithPooling(pooler_output=tuple(features))
+
+    owner.get_image_features = get_image_features
+    try:
+        yield
+    finally:
+        del owner.get_image_features
+
+
+@contextmanager
+def reusing_images(
+    model: Any,
+    processor: Any,
+    cache: MutableMapping[Any, Any],
+    patches: MutableMapping[Any, Any] | None = None,
+) -> Iterator[None]:
+    """`cached_image_features` on the model with ``cache``, and `cached_preprocessing` on the
+    processor's image processor with ``patches`` (default: ``cache`` too).
+
+    A long-lived cache should take the features but not the patches: an image's patches are
+    about 40 times the size of its features on the default (and recomputing them is cheaper
+    than the vision tower), so patches fill a bounded cache long before the features would.
+    """
+    with ExitStack() as stack:
+        image_processor = getattr(processor, "image_processor", None)
+        if image_processor is not None:
+            store = cache if patches is None else patches
+            stack.enter_context(cached_preprocessing(image_processor, store))
+        stack.enter_context(cached_image_features(model, cache))
+        yield

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from aot.defender.image_cache import reusing_images
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class Defender:
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
         self.processor = processor
+        self._image_cache: MutableMapping[Any, Any] | None = None
         # Batched generation with a decoder-only LM needs left padding.
         self.processor.tokenizer.padding_side = "left"
 
@@ -99,6 +103,18 @@ class Defender:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    @contextmanager
+    def reusing_images(self, cache: MutableMapping[Any, Any]) -> Iterator[None]:
+        """Within the block, `generate` keeps each image's vision features in ``cache`` and
+        reuses them on later calls (`aot.defender.image_cache`); patches are kept per batch.
+        The weights must not change inside the block. Outside one, an image that a batch holds
+        several times is still preprocessed and encoded once."""
+        previous, self._image_cache = self._image_cache, cache
+        try:
+            yield
+        finally:
+            self._image_cache = previous
+
     def chat_text(self, prompt: str) -> str:
         """The model's input text for one image and one user prompt (layout of `user_content`)."""
         messages = [{"role": "user", "content": user_content(prompt)}]
@@ -133,26 +149,30 @@ class Defender:
         if seed is not None:
             torch.manual_seed(seed)
         self.model.eval()
+        gen_kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens, use_cache=True, num_return_sequences=n
+        )
+        if sample:
+            gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        else:
+            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         answers: list[list[str]] = []
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc="answering", disable=not progress, unit="batch"):
-            batch_images = [im.convert("RGB") for im in images[start : start + batch_size]]
-            texts = [self.chat_text(p) for p in prompts[start : start + batch_size]]
-            inputs = self.processor(
-                images=batch_images, text=texts, padding=True, return_tensors="pt"
-            )
-            inputs = inputs.to(self.device)
-            gen_kwargs: dict[str, Any] = dict(
-                max_new_tokens=max_new_tokens, use_cache=True, num_return_sequences=n
-            )
-            if sample:
-                gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-            else:
-                gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            output = self.model.generate(**inputs, **gen_kwargs)
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
-            answers.extend(decoded[i : i + n] for i in range(0, len(decoded), n))
+            end = start + batch_size
+            # patches live for one batch (a call may hold thousands of images)
+            patches: dict[Any, Any] = {}
+            features = self._image_cache if self._image_cache is not None else patches
+            with reusing_images(self.model, self.processor, features, patches=patches):
+                batch_images = [im.convert("RGB") for im in images[start:end]]
+                texts = [self.chat_text(p) for p in prompts[start:end]]
+                inputs = self.processor(
+                    images=batch_images, text=texts, padding=True, return_tensors="pt"
+                ).to(self.device)
+                output = self.model.generate(**inputs, **gen_kwargs)
+                new_tokens = output[:, inputs["input_ids"].shape[1] :]
+                decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+                answers.extend(decoded[i : i + n] for i in range(0, len(decoded), n))
         return answers
 
     @torch.inference_mode()

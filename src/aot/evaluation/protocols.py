@@ -26,7 +26,7 @@ large benchmark images are never all in memory at once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -50,6 +50,32 @@ def load_picture(images: Mapping[str, Any], key: str) -> Any:
         raise KeyError(f"image {key!r} is referenced by a record but missing from the images")
     value = images[key]
     return (value() if callable(value) else value).convert("RGB")
+
+
+class DecodedImages(Mapping[str, Any]):
+    """``images`` whose pictures, once loaded and decoded, are kept in ``cache`` (a dict, or an
+    ``aot.defender.image_cache.BoundedCache`` that stops keeping them when full), so that the
+    strict protocol's later trials do not decode the same PNG again."""
+
+    def __init__(self, images: Mapping[str, Any], cache: MutableMapping[Any, Any]) -> None:
+        self.images = images
+        self.cache = cache
+
+    def __getitem__(self, key: str) -> Any:
+        hit = self.cache.get(("picture", key))
+        if hit is None:
+            hit = load_picture(self.images, key)
+            self.cache[("picture", key)] = hit
+        return hit
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.images
 
 
 def table_prompts(table: pd.DataFrame, mode: str) -> list[str]:

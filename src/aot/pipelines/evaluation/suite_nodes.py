@@ -4,6 +4,7 @@ every Defender answers them greedily and under the paper's strict protocol; a re
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -13,6 +14,7 @@ from matplotlib.figure import Figure
 
 from aot.attacker import BoxEditPipeline
 from aot.defender import Defender
+from aot.defender.image_cache import BoundedCache
 from aot.evaluation import (
     UNSEEN_MANIPULATIONS,
     answer_table,
@@ -21,6 +23,7 @@ from aot.evaluation import (
     flatten_metrics,
 )
 from aot.evaluation import summarize as summarize_suite
+from aot.evaluation.protocols import DecodedImages
 from aot.selfplay import attack_records
 
 logger = logging.getLogger(__name__)
@@ -110,23 +113,37 @@ def answer_suites(
     params: dict[str, Any],
     seed: int,
 ) -> pd.DataFrame:
-    """Every suite row answered under each protocol in ``params.protocols``."""
+    """Every suite row answered under each protocol in ``params.protocols``.
+
+    Each image is decoded and encoded once for all the protocols' passes (up to
+    ``1 + trials``), within ``params.image_cache_mb`` megabytes (0: no reuse across passes).
+    """
     merged = {**images, **suite_images}
+    cache = BoundedCache(int(params.get("image_cache_mb", 1024)) * 2**20)
     out = []
-    for protocol in params.get("protocols", ["greedy", "strict"]):
-        answered = answer_table(
-            defender,
-            suites,
-            merged,
-            mode=params.get("answer_mode", "word"),
-            protocol=protocol,
-            trials=int(params.get("trials", 3)),
-            temperature=float(params.get("temperature", 1.0)),
-            batch_size=int(params.get("batch_size", 32)),
-            max_new_tokens=int(params.get("max_new_tokens", 12)),
-            seed=seed,
-        )
-        out.append(answered.assign(protocol=protocol))
+    # a scripted Defender (tests) has nothing to reuse
+    reuse = defender.reusing_images(cache) if hasattr(defender, "reusing_images") else nullcontext()
+    with reuse:
+        for protocol in params.get("protocols", ["greedy", "strict"]):
+            answered = answer_table(
+                defender,
+                suites,
+                DecodedImages(merged, cache),
+                mode=params.get("answer_mode", "word"),
+                protocol=protocol,
+                trials=int(params.get("trials", 3)),
+                temperature=float(params.get("temperature", 1.0)),
+                batch_size=int(params.get("batch_size", 32)),
+                max_new_tokens=int(params.get("max_new_tokens", 12)),
+                seed=seed,
+            )
+            out.append(answered.assign(protocol=protocol))
+    logger.info(
+        "Image cache: %d entries, %.0f of %.0f MB",
+        len(cache),
+        cache.bytes / 2**20,
+        cache.max_bytes / 2**20,
+    )
     table = pd.concat(out, ignore_index=True)
     return table.drop(columns=[c for c in ("responses",) if c in table])
 
