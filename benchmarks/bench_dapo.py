@@ -6,7 +6,8 @@ weights), the images 168-px world scenes. Every rollout is forced to exactly `--
 tokens (`min_new_tokens`) on both sides, so tokens/s compare like for like. The reward is a coin
 flip: a random-weight model never answers right, and the correct-first reward would make every
 group uninformative (every step skipped); with coins every step is one full DAPO update.
-Writes a Markdown report to stdout (through logging) and to benchmarks/results/dapo.md.
+Writes a Markdown report to stdout (through logging) and over the table at the top of
+benchmarks/results/dapo.md (its later sections are kept).
 """
 
 from __future__ import annotations
@@ -194,7 +195,10 @@ def main() -> None:
     logger.info(report)
     out = ROOT / "benchmarks" / "results" / "dapo.md"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(report + "\n")
+    # The file's later "## " sections are trial notes written by hand: only the table is replaced.
+    old = out.read_text() if out.exists() else ""
+    kept = old[old.index("\n## ") :] if "\n## " in old else ""
+    out.write_text(report + "\n" + kept)
 
 
 if __name__ == "__main__":
