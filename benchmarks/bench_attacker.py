@@ -38,6 +38,7 @@ from aot.attacker import (
 )
 from aot.attacker.cold_start import torch_threads
 from aot.world import WorldConfig, sample_scene
+from report_notes import write_report
 
 logger = logging.getLogger("bench_attacker")
 QUALITY_KEYS = ("mse_box", "mse_no_edit", "mse_ceiling", "colour_acc", "shape_acc", "remove_mse")
@@ -156,7 +157,7 @@ def main() -> None:
         ]
         saved["rows"] = sorted([*rows, row], key=lambda r: (r["threads"], r["seconds"]))
         saved_path.write_text(json.dumps(saved))
-        args.out.write_text(report(saved["rows"], saved["speeds"], saved["pairs_s"], args.pairs))
+        write_report(args.out, report(saved["rows"], saved["speeds"], saved["pairs_s"], args.pairs))
 
     for i, threads in enumerate(args.threads):
         cps = sorted(args.checkpoints)

@@ -6,8 +6,8 @@ weights), the images 168-px world scenes. Every rollout is forced to exactly `--
 tokens (`min_new_tokens`) on both sides, so tokens/s compare like for like. The reward is a coin
 flip: a random-weight model never answers right, and the correct-first reward would make every
 group uninformative (every step skipped); with coins every step is one full DAPO update.
-Writes a Markdown report to stdout (through logging) and over the table at the top of
-benchmarks/results/dapo.md (its later sections are kept).
+Writes a Markdown report to stdout (through logging) and to benchmarks/results/dapo.md, keeping
+the file's hand-written notes (`report_notes.write_report`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from aot.defender.examples import load_image
 from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
 from aot.pipelines.bootstrap_dataset.nodes import generate_source_scenes
 from aot.rewards import make_prompt
+from report_notes import write_report
 
 logger = logging.getLogger("bench_dapo")
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,12 +194,7 @@ def main() -> None:
     ]
     report = "\n".join(lines)
     logger.info(report)
-    out = ROOT / "benchmarks" / "results" / "dapo.md"
-    out.parent.mkdir(exist_ok=True)
-    # The file's later "## " sections are trial notes written by hand: only the table is replaced.
-    old = out.read_text() if out.exists() else ""
-    kept = old[old.index("\n## ") :] if "\n## " in old else ""
-    out.write_text(report + "\n" + kept)
+    write_report(ROOT / "benchmarks" / "results" / "dapo.md", report)
 
 
 if __name__ == "__main__":

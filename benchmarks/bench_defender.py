@@ -17,6 +17,7 @@ from PIL import Image
 from aot.defender import Defender, TinyDefenderConfig, build_tiny_defender
 from aot.defender.model import user_content
 from aot.rewards import build_prompt, target_completion
+from report_notes import write_report
 
 logger = logging.getLogger("bench_defender")
 CORPUS = ["Where is the red circle relative to the blue square?", "left right above below"] * 4
@@ -97,7 +98,7 @@ def main() -> None:
     logger.info(table)
     out = Path(__file__).parent / "results" / "defender.md"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(table + "\n")
+    write_report(out, table)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from PIL import Image
 
 from aot.attacker import AttackerConfig, BoxEditPipeline, build_box_edit_pipeline
 from aot.attacker.flow_grpo import Rollout, train_attacker_flow_grpo
+from report_notes import write_report
 
 logger = logging.getLogger("bench_flow_grpo")
 
@@ -297,7 +298,7 @@ def main() -> None:
     text = "\n".join(lines)
     logger.info("\n%s", text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    write_report(args.out, text)
 
 
 if __name__ == "__main__":

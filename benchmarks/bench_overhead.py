@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from report_notes import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_overhead")
 
@@ -215,7 +217,7 @@ def main() -> None:
     out = (
         Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"overhead_{args.env}.md"
     )
-    out.write_text(text)
+    write_report(out, text)
     logger.info(text)
 
 

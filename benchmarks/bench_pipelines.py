@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from report_notes import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_pipelines")
 
@@ -64,7 +66,7 @@ def main() -> None:
     ]
     out = ROOT / "benchmarks" / "results" / f"pipelines_{args.env}.md"
     out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    write_report(out, "\n".join(lines))
     logger.info("\n".join(lines))
 
 

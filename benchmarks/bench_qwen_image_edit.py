@@ -52,6 +52,7 @@ from aot.attacker.qwen_edit import (
     run_qwen_edit_pass,
 )
 from aot.world import QuestionConfig, WorldConfig, make_questions, sample_scene
+from report_notes import write_report
 
 logger = logging.getLogger("bench_qwen_image_edit")
 
@@ -376,7 +377,7 @@ def main() -> None:
     text = "\n".join(lines)
     logger.info("\n%s", text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    write_report(args.out, text)
     logger.info("wrote %s", args.out)
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from report_notes import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_scaling")
 ROUND = "selfplay.round_1"
@@ -139,7 +141,7 @@ def main() -> None:
         ],
     ]
     out = ROOT / "benchmarks" / "results" / f"scaling_{args.work}.md"
-    out.write_text("\n".join(lines) + "\n")
+    write_report(out, "\n".join(lines))
     logger.info("\n".join(lines))
 
 

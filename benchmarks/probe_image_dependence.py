@@ -34,6 +34,7 @@ from PIL import Image
 from aot.defender import Defender
 from aot.evaluation.protocols import answer_table
 from aot.rewards import make_prompt
+from report_notes import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTENDED = ROOT / "data" / "02_intermediate" / "extended"
@@ -129,7 +130,7 @@ def main() -> None:
                 f"| {measure} | " + " | ".join(cells) + " |"
             )
             print(lines[-1], flush=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    write_report(args.out, "\n".join(lines))
     print(f"written {args.out}")
 
 
