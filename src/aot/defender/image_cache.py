@@ -159,7 +159,6 @@ def cached_image_features(model: Any, cache: MutableMapping[Any, Any]) -> Iterat
         yield
         return
     original = owner.get_image_features
-    merge = int(getattr(owner.visual, "spatial_merge_size", 1)) ** 2
 
     def get_image_features(
         pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs: Any
@@ -184,8 +183,6 @@ def cached_image_features(model: Any, cache: MutableMapping[Any, Any]) -> Iterat
                 # a copy, not a view, so the batch's tensor can be freed (a full cache declines it)
                 cache[key] = value.clone()
             features = [fresh[k] if f is None else f for k, f in zip(keys, features, strict=True)]
-        if any(f.shape[0] != n // merge for f, n in zip(features, sizes, strict=True)):
-            raise RuntimeError("cached_image_features: feature and patch counts disagree")
         return BaseModelOutputWithPooling(pooler_output=tuple(features))
 
     owner.get_image_features = get_image_features

@@ -118,8 +118,8 @@ def answer_suites(
     Each image is decoded and encoded once for all the protocols' passes (up to
     ``1 + trials``), within ``params.image_cache_mb`` megabytes (0: no reuse across passes).
     """
-    merged = {**images, **suite_images}
     cache = BoundedCache(int(params.get("image_cache_mb", 1024)) * 2**20)
+    pictures = DecodedImages({**images, **suite_images}, cache)
     out = []
     # a scripted Defender (tests) has nothing to reuse
     reuse = defender.reusing_images(cache) if hasattr(defender, "reusing_images") else nullcontext()
@@ -128,7 +128,7 @@ def answer_suites(
             answered = answer_table(
                 defender,
                 suites,
-                DecodedImages(merged, cache),
+                pictures,
                 mode=params.get("answer_mode", "word"),
                 protocol=protocol,
                 trials=int(params.get("trials", 3)),
