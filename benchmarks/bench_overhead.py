@@ -8,7 +8,10 @@ model class the project trains or queries (the Qwen2.5-VL Defender and, on its o
 tower; the Attacker's UNet and edit planner; a Qwen-Image-Edit transformer),
 `torch.Tensor.backward` / `torch.autograd.backward`, and the optimizers' `step`; nested calls
 count once. "Overhead" is the rest: Kedro, dataset I/O, image processing, tokenising, sampling
-loops in Python, rewards. Per-node shares come from Kedro's node hooks. Writes
+loops in Python, rewards. Per-node shares come from Kedro's node hooks. With `--functions`,
+the functions in `FUNCTIONS` (processor, tokenizer, `generate`, TRL's rollout steps, our
+rewards and dataset reads) are timed too, each with the model time inside it, so the table
+says where the overhead goes; the timers add a little of their own. Writes
 benchmarks/results/overhead_<env>.md.
 """
 
@@ -16,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -58,6 +63,90 @@ class Clock:
 
     def total(self) -> float:
         return sum(self.seconds.values())
+
+
+# (module, attribute path) of the functions `--functions` times: where a round's time outside
+# the models was found to go (README, Measurements).
+FUNCTIONS: list[tuple[str, str]] = [
+    ("transformers.processing_utils", "ProcessorMixin.__call__"),
+    ("transformers.processing_utils", "ProcessorMixin.apply_chat_template"),
+    ("transformers.tokenization_utils_base", "PreTrainedTokenizerBase.__call__"),
+    ("transformers.models.qwen2_vl.image_processing_qwen2_vl", "Qwen2VLImageProcessor.preprocess"),
+    ("transformers.generation.utils", "GenerationMixin.generate"),
+    ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLModel.get_rope_index"),
+    ("trl.trainer.grpo_trainer", "GRPOTrainer._generate_and_score_completions"),
+    ("trl.trainer.grpo_trainer", "GRPOTrainer._tokenize_prompts"),
+    ("trl.trainer.grpo_trainer", "GRPOTrainer._get_per_token_logps_and_entropies"),
+    ("diffusers.models.modeling_utils", "get_parameter_dtype"),
+    ("datasets.arrow_dataset", "Dataset.__getitem__"),
+    ("datasets.arrow_dataset", "Dataset.__getitems__"),
+    ("PIL.ImageFile", "ImageFile.load"),
+    ("PIL.Image", "Image.save"),
+    ("aot.defender.model", "Defender.generate"),
+    ("aot.defender.model", "Defender.completion_probability"),
+    ("aot.rewards.attack", "outside_similarity"),
+    ("aot.rewards.attack", "integrity_gate"),
+    ("aot.attacker.flow_grpo", "build_items"),
+    ("aot.validation", "check_record_table"),
+]
+
+
+class FunctionTimes:
+    """Calls, wall seconds and model seconds inside each timed function (outermost call only)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.rows: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+        self._active: set[str] = set()
+
+    def wrap(self, name: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if name in self._active:
+                return fn(*args, **kwargs)
+            self._active.add(name)
+            start, model = time.perf_counter(), self.clock.total()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                row = self.rows[name]
+                row[0] += 1
+                row[1] += time.perf_counter() - start
+                row[2] += self.clock.total() - model
+                self._active.discard(name)
+
+        return timed
+
+    def instrument(self, functions: list[tuple[str, str]]) -> None:
+        for module, path in functions:
+            owner: Any = importlib.import_module(module)
+            *parents, attr = path.split(".")
+            for parent in parents:
+                owner = getattr(owner, parent)
+            original = getattr(owner, attr)
+            timed = self.wrap(path, original)
+            setattr(owner, attr, timed)
+            # modules that imported a function by name hold their own reference to it
+            for name, loaded in list(sys.modules.items()):
+                if name.startswith("aot.") and getattr(loaded, attr, None) is original:
+                    setattr(loaded, attr, timed)
+
+    def table(self) -> str:
+        lines = [
+            "",
+            "Where it goes (`--functions`: functions timed during the run; nested ones count in "
+            "each row that holds them, so the rows overlap):",
+            "",
+            "| function | calls | wall s | model s inside | outside s |",
+            "|---|---|---|---|---|",
+        ]
+        for name, (calls, wall, model) in sorted(
+            self.rows.items(), key=lambda kv: -(kv[1][1] - kv[1][2])
+        ):
+            lines.append(
+                f"| `{name}` | {calls:.0f} | {wall:.2f} | {model:.2f} | {wall - model:.2f} |"
+            )
+        return "\n".join(lines) + "\n"
 
 
 def _model_classes() -> list[type]:
@@ -113,13 +202,17 @@ class NodeTimes:
         self.rows.append((node.name, wall, self.clock.total() - self._start[1]))
 
 
-def run(env: str, pipeline: str, namespaces: list[str] | None) -> tuple[Clock, NodeTimes, float]:
+def run(
+    env: str, pipeline: str, namespaces: list[str] | None, functions: FunctionTimes | None = None
+) -> tuple[Clock, NodeTimes, float]:
     from kedro.framework.hooks import hook_impl
     from kedro.framework.project import configure_project
     from kedro.framework.session import KedroSession
 
-    clock = Clock()
+    clock = functions.clock if functions is not None else Clock()
     instrument(clock)
+    if functions is not None:
+        functions.instrument(FUNCTIONS)
     nodes = NodeTimes(clock)
 
     class Hooks:
@@ -208,12 +301,18 @@ def main() -> None:
     parser.add_argument("--pipeline", default="selfplay")
     parser.add_argument("--namespaces", nargs="*", default=["selfplay.round_1"])
     parser.add_argument("--out", default=None, help="default: benchmarks/results/overhead_<env>.md")
+    parser.add_argument(
+        "--functions", action="store_true", help="also time the functions in FUNCTIONS"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    clock, nodes, wall = run(args.env, args.pipeline, args.namespaces or None)
+    functions = FunctionTimes(Clock()) if args.functions else None
+    clock, nodes, wall = run(args.env, args.pipeline, args.namespaces or None, functions)
     title = f"`kedro run --env {args.env} --pipelines {args.pipeline}"
     title += f" --namespaces {','.join(args.namespaces)}`" if args.namespaces else "`"
     text = report(clock, nodes, wall, title)
+    if functions is not None:
+        text += functions.table()
     out = (
         Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"overhead_{args.env}.md"
     )

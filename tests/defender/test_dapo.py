@@ -373,6 +373,27 @@ def test_config_names_bad_keys() -> None:
         dapo_dataset(pd.DataFrame({"image": ["a"]}), {})
 
 
+def test_dapo_dataset_attaches_each_image_from_memory() -> None:
+    records, _ = _records(3)
+    records.loc[2, "image"] = "img0"  # two records share an image
+    rng = np.random.default_rng(0)
+    pictures = {
+        f"img{i}": Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8))
+        for i in range(2)
+    }
+    dataset = dapo_dataset(records, pictures, prompt_style="short")
+    assert "image" not in dataset.column_names  # no PNG copy per row in the arrow table
+    rows = [dataset[i] for i in range(3)]
+    assert [r["record_id"] for r in rows] == ["item0", "item1", "item2"]
+    assert rows[0]["image"] is rows[2]["image"]  # one decoded picture per distinct image
+    for row, key in zip(rows, ["img0", "img1", "img0"], strict=True):
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(pictures[key]))
+        assert row["image"].mode == "RGB" and row["answer"] == "Yes"
+    batch = dataset.__getitems__([1, 2])  # how the trainer's DataLoader reads a batch
+    assert [r["record_id"] for r in batch] == ["item1", "item2"]
+    assert batch[1]["image"] is rows[0]["image"]
+
+
 def test_correct_first_reward_reads_the_records_columns() -> None:
     reward = CorrectFirstReward("word")
     completions = [

@@ -189,6 +189,25 @@ def test_outside_similarity(clean: np.ndarray) -> None:
     assert outside_similarity(clean, everywhere.astype(np.uint8), [FREE_BOX])["outside_ssim"] < 0.5
 
 
+def test_outside_similarity_of_an_untouched_scene_is_exactly_one(clean: np.ndarray) -> None:
+    from skimage.metrics import structural_similarity
+
+    inside = np.asarray(paint_object(SCENE.render(), FREE_BOX, "square", "purple"))
+    assert outside_similarity(clean, inside, [FREE_BOX])["outside_ssim"] == 1.0
+    # what the shortcut stands for: scikit-image's map, 1 up to its rounding
+    _, ssim_map = structural_similarity(clean, inside, channel_axis=-1, data_range=255, full=True)
+    keep = np.ones(clean.shape[:2], dtype=bool)
+    x0, y0, x1, y1 = FREE_BOX
+    keep[max(0, y0 - 3) : y1 + 3, max(0, x0 - 3) : x1 + 3] = False
+    assert abs(ssim_map.mean(axis=-1)[keep].mean() - 1.0) < 1e-12
+    # one changed pixel outside the box: the map is computed and sees it
+    touched = inside.copy()
+    touched[y0 - 10, x0] = 255 - touched[y0 - 10, x0]
+    assert outside_similarity(clean, touched, [FREE_BOX])["outside_ssim"] < 1.0 - 1e-6
+    # a margin under half the SSIM window: windows that are scored see the box, so no shortcut
+    assert outside_similarity(clean, inside, [FREE_BOX], margin=1)["outside_ssim"] < 1.0 - 1e-6
+
+
 def test_imperceptible_perturbations_are_their_own_edit_type(clean: np.ndarray) -> None:
     painted = np.asarray(paint_object(SCENE.render(), FREE_BOX, "square", "purple"))
     visible = imperceptibility(clean, painted, FREE_BOX)

@@ -259,11 +259,6 @@ def build_items(
     ``graph`` column (JSON of ``Scene.to_dict``), else from ``scenes`` (a scene table with
     ``scene_id`` / ``graph`` columns, or a dict) by ``scene_id``; without one only add edits
     off the target boxes are offered and the guard cannot re-derive the answer."""
-    if isinstance(scenes, pd.DataFrame):
-        scenes = {
-            sid: Scene.from_dict(json.loads(g))
-            for sid, g in zip(scenes["scene_id"], scenes["graph"], strict=True)
-        }
     missing = [
         c for c in ("question", "answer", "family", "target_boxes", "image") if c not in records
     ]
@@ -272,6 +267,14 @@ def build_items(
     rows = records.to_dict("records")
     if max_records is not None:
         rows = rows[:max_records]
+    if isinstance(scenes, pd.DataFrame):
+        # only the scenes these rows show: the table holds every scene of the split
+        wanted = {row.get("scene_id") for row in rows}
+        scenes = {
+            sid: Scene.from_dict(json.loads(g))
+            for sid, g in zip(scenes["scene_id"], scenes["graph"], strict=True)
+            if sid in wanted
+        }
     items = []
     for row in rows:
         row["options"] = list(row["options"]) if row.get("options") is not None else []

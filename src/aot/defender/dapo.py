@@ -23,6 +23,7 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,15 @@ def _text_or_none(value: Any) -> str | None:
     return str(value)
 
 
+IMAGE_KEY_COLUMN = "image_key"  # row -> index into the images held in memory
+
+
+def _attach_image(batch: dict[str, list], images: Sequence[Any]) -> dict[str, list]:
+    out = {k: v for k, v in batch.items() if k != IMAGE_KEY_COLUMN}
+    out["image"] = [images[k] for k in batch[IMAGE_KEY_COLUMN]]
+    return out
+
+
 def dapo_dataset(
     records: pd.DataFrame,
     images: Mapping[str, Any],
@@ -207,24 +217,31 @@ def dapo_dataset(
     prompt_style: str = "protocol",
 ) -> Dataset:
     """One conversational GRPO prompt per record: the Defender's user turn (text, then image),
-    the image, and the columns the reward reads (answer, options, answer_text)."""
+    the image, and the columns the reward reads (answer, options, answer_text).
+
+    Each distinct image is held once in memory and attached to its rows when the trainer reads
+    them (a `datasets` format transform, as for the SFT tables): a PIL column would be stored as
+    PNG and decoded again on every read, about 1 s of a default round's DAPO node.
+    """
     missing = [c for c in REQUIRED_COLUMNS if c not in records.columns]
     if missing:
         raise ValueError(f"dapo: the record table lacks column(s) {missing}")
     if records.empty:
         raise ValueError("dapo: the record table is empty")
-    cache: dict[str, Any] = {}
+    key_of: dict[str, int] = {}
+    pictures: list[Any] = []
     rows = []
     for record in records.to_dict("records"):
         key = record["image"]
-        if key not in cache:
-            cache[key] = load_image(images, key)
+        if key not in key_of:
+            key_of[key] = len(pictures)
+            pictures.append(load_image(images, key))
         options = [str(o) for o in list(record["options"])]
         prompt = make_prompt(record["question"], options, prompt_style, answer_mode)
         rows.append(
             {
                 "prompt": [{"role": "user", "content": user_content(prompt)}],
-                "image": cache[key],
+                IMAGE_KEY_COLUMN: key_of[key],
                 "answer": str(record["answer"]),
                 "options": options,
                 "answer_text": _text_or_none(record["answer_text"]),
@@ -233,7 +250,9 @@ def dapo_dataset(
                 INDEX_COLUMN: len(rows),
             }
         )
-    return Dataset.from_list(rows)
+    table = Dataset.from_list(rows)
+    table.set_transform(partial(_attach_image, images=pictures))
+    return table
 
 
 def completion_text(completion: Any) -> str:
