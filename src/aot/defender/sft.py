@@ -26,6 +26,7 @@ from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+from aot.defender.assistant_masks import vectorised_assistant_masks
 from aot.defender.dense import (
     DENSE_LABELS,
     DENSE_LOSSES,
@@ -141,14 +142,18 @@ def dense_readout(tokenizer: Any) -> tuple[list[int], torch.Tensor]:
 
 
 class DenseCollator(DataCollatorForVisionLanguageModeling):
-    """TRL's VLM collator, plus the dense targets of each example stacked in image-token order."""
+    """TRL's VLM collator, plus the dense targets of each example stacked in image-token order.
+
+    Its assistant masks come from `aot.defender.assistant_masks` (the same masks as
+    transformers', without a Python loop over every token)."""
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         dense = [np.asarray(e.pop("dense"), dtype=np.float32) for e in examples]
         grounding = [np.asarray(e.pop("grounding", []), dtype=np.int64) for e in examples]
         for e in examples:
             e.pop("has_dense", None)
-        batch = super().torch_call(examples)
+        with vectorised_assistant_masks(self.processor):
+            batch = super().torch_call(examples)
         width = len(DENSE_LABELS)
         batch["dense_targets"] = torch.from_numpy(
             np.concatenate([d.reshape(-1, width) for d in dense])
