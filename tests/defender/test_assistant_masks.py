@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -10,10 +9,9 @@ import torch
 
 from aot.defender import Defender
 from aot.defender.assistant_masks import vectorised_assistant_masks
-from aot.defender.examples import world_examples
+from aot.defender.examples import graphs_from_table, world_examples
 from aot.defender.sft import DenseCollator
 from aot.pipelines.bootstrap_dataset.nodes import generate_source_scenes
-from aot.world import Scene
 
 WORLD = {"image_size": 112, "min_objects": 2, "max_objects": 3, "backgrounds": {"plain": 1.0}}
 
@@ -21,10 +19,7 @@ WORLD = {"image_size": 112, "min_objects": 2, "max_objects": 3, "backgrounds": {
 @pytest.fixture(scope="module")
 def conversations() -> list:
     scenes, records, images = generate_source_scenes(WORLD, {"n_scenes": 6}, seed=3)
-    graphs = {
-        sid: Scene.from_dict(json.loads(g))
-        for sid, g in zip(scenes["scene_id"], scenes["graph"], strict=True)
-    }
+    graphs = graphs_from_table(scenes)
     one_turn = world_examples(records, images, graphs, turns=1, mode="word")
     three_turns = world_examples(records, images, graphs, turns=3, mode="word")
     return [*one_turn[:5], *three_turns[:5]]  # rows of different lengths: right padding too
