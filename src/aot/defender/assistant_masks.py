@@ -14,7 +14,6 @@ out the same).
 from __future__ import annotations
 
 import bisect
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -59,7 +58,7 @@ def vectorised_assistant_masks(processor: Any) -> Iterator[None]:
     if not hasattr(type(processor), name) or name in vars(processor):
         yield
         return
-    setattr(processor, name, types.MethodType(lambda _self, p, g: assistant_masks(p, g), processor))
+    setattr(processor, name, assistant_masks)  # an instance attribute: called unbound
     try:
         yield
     finally:
