@@ -51,6 +51,26 @@ def test_greedy_generation_is_batched_and_deterministic(tiny_defender_dir: Path)
     assert batched == one_by_one  # left padding makes batching invisible
 
 
+def test_chat_text_is_rendered_once_per_prompt(tiny_defender_dir: Path, monkeypatch) -> None:  # noqa: ANN001
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image"}]}]
+    want = defender.processor.apply_chat_template(messages, add_generation_prompt=True)
+    renders: list[int] = []
+    original = defender.processor.apply_chat_template
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        renders.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(defender.processor, "apply_chat_template", counting)
+    monkeypatch.setattr("aot.defender.model.CHAT_TEXTS_KEPT", 2)
+    assert [defender.chat_text("hi") for _ in range(3)] == [want] * 3
+    assert len(renders) == 1
+    for prompt in ["a", "b", "c", "c"]:  # the third prompt is past the bound: rendered each time
+        defender.chat_text(prompt)
+    assert len(renders) == 1 + 4 and set(defender._chat_texts) == {"hi", "a"}
+
+
 def test_sampling_returns_n_answers_and_is_seeded(tiny_defender_dir: Path) -> None:
     defender = Defender.from_pretrained(tiny_defender_dir)
     kwargs = dict(n=4, temperature=1.0, max_new_tokens=6, batch_size=2)

@@ -159,7 +159,7 @@ def test_generate_answers_the_same_with_a_shared_cache(defender: Defender) -> No
         first = defender.generate(images, prompts, max_new_tokens=4, batch_size=3)
         again = defender.generate(images, prompts, max_new_tokens=4, batch_size=3)
     assert plain == first == again
-    assert len(cache) == 4  # the features of the 4 distinct images; patches are kept per call
+    assert len(cache) == 4  # the features of the 4 distinct images, and no patches
     assert defender._image_cache is None
 
 
@@ -182,3 +182,27 @@ def test_decoded_images_load_each_picture_once() -> None:
     assert "a" in decoded and "c" not in decoded and len(decoded) == 2
     with pytest.raises(KeyError, match="'c'"):
         decoded["c"]
+
+
+def test_generate_encodes_an_image_a_batch_holds_twice_once(
+    defender: Defender,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    images = _images(2, 112, 8)
+    batch = [images[0], images[1], images[0]]
+    prompts = ["What colour is it?", "How many?", "Is there a star?"]
+    plain = [
+        defender.generate([im], [q], max_new_tokens=4)[0]
+        for im, q in zip(batch, prompts, strict=True)
+    ]
+    visual = defender.model.model.visual
+    calls: list[int] = []
+    original = type(visual).forward
+
+    def counting(self, hidden_states, grid_thw, **kwargs):  # noqa: ANN001, ANN202
+        calls.append(len(grid_thw))
+        return original(self, hidden_states, grid_thw, **kwargs)
+
+    monkeypatch.setattr(type(visual), "forward", counting)
+    assert defender.generate(batch, prompts, max_new_tokens=4, batch_size=3) == plain
+    assert calls == [2]  # one batch, its 2 distinct images

@@ -12,8 +12,9 @@ patches are exactly the ones the processor makes for that image alone.
 `cached_image_features` does the same one step later, for the vision tower: Qwen2.5-VL's
 `get_image_features` runs once per distinct patch tensor while no gradient is being recorded.
 The evaluation answers every suite image once per protocol and strict trial (up to 4 times), so
-it keeps the features, and the decoded pictures, for the whole node in a `BoundedCache`; patches
-(about 40 times the features' size on the default) are kept for one batch only.
+it keeps the features, and the decoded pictures, for the whole node in a `BoundedCache`; it keeps
+no patches (about 40 times the features' size on the default), and `Defender.generate` runs the
+processor on a whole batch without `cached_preprocessing`, since a batch's images are distinct.
 
 A cached image's features are the ones it got in the batch that first saw it. That is
 bit-for-bit what it would get in any other batch as long as the vision tower is batch-invariant;
