@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,29 @@ def test_try_limit_trains_on_a_partial_batch(
     )
     after = trained.model.state_dict()
     assert not all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_only_the_first_short_step_warns_and_nothing_deprecated_does(
+    tiny_defender_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    records, images = _records(6)
+    patterns = {f"item{i}": [0.0, 0.0, 0.0] for i in range(6)} | {"item3": [1.0, 0.0, 0.0]}
+    with caplog.at_level(logging.INFO, logger=LOGGER), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _, metrics = train_defender_dapo(
+            Defender.from_pretrained(tiny_defender_dir),
+            records,
+            images,
+            _config(max_tries=2, max_steps=2, groups_per_step=3),
+            tmp_path,
+            reward_funcs=[_scripted(patterns, 3)],
+        )
+    assert metrics["dapo/groups_kept"].tolist() == [1, 1]
+    # neither transformers' deprecated argument nor the property TRL asks warns on every step
+    assert not [w for w in seen if "gradient_checkpointing` is deprecated" in str(w.message)]
+    short = [r for r in caplog.records if "informative groups after 2 tries" in r.getMessage()]
+    assert [r.levelno for r in short] == [logging.WARNING, logging.INFO]
+    assert "later short steps are logged at INFO" in short[0].getMessage()
 
 
 class _Crash(TrainerCallback):

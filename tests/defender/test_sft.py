@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from trl import SFTConfig
 
 from aot.defender import Defender
 from aot.defender.dense import DENSE_LABELS, dense_targets
@@ -16,6 +18,7 @@ from aot.defender.sft import (
     DenseCollator,
     DenseSFTTrainer,
     SFTExample,
+    current_training_args,
     dense_readout,
     evaluate_loss,
     train_defender_sft,
@@ -170,6 +173,18 @@ def test_extra_overrides_the_trainers_own_settings(
     config = DefenderSFTConfig(max_steps=2, batch_size=4, logging_steps=50, extra=extra)
     _, log = train_defender_sft(defender, examples, config, tmp_path)
     assert log["step"].tolist() == [1, 2]  # logged every step: extra's logging_steps won
+
+
+def test_deprecated_training_arg_names_take_effect_without_a_warning(tmp_path: Path) -> None:
+    old = {"output_dir": str(tmp_path), "gradient_checkpointing": True, "use_cpu": True}
+    old["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        args = SFTConfig(**current_training_args(old))
+    assert args.activation_checkpointing is True and args.gradient_checkpointing is True
+    assert args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    with pytest.warns(FutureWarning, match="`gradient_checkpointing` is deprecated"):
+        SFTConfig(**old)  # what the trainers' settings warned before
 
 
 def test_callbacks_see_every_step(tiny_defender_dir: Path, world, tmp_path: Path) -> None:  # noqa: ANN001

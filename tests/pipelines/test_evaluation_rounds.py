@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -135,6 +136,17 @@ def test_evaluation_pipeline_writes_the_table_and_figure() -> None:
     plot = next(n for n in pipeline.nodes if n.name == "plot_robustness_by_round")
     assert plot.inputs == ["evaluation_robustness_by_round"]
     assert plot.outputs == ["evaluation_robustness_by_round_plot"]
+
+
+def test_building_the_evaluation_pipeline_warns_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kedro.pipeline import Node
+
+    # Kedro warns about dotted names once per process; make this build the first.
+    monkeypatch.setattr(Node, "__dotted_dataset_name_warned__", False, raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline = create_pipeline(rounds=["round_1"])
+    assert "selfplay.round_1.defender" in pipeline.inputs()  # read under its namespaced name
 
 
 def test_dvc_plots_show_renders_the_table_with_its_template(tmp_path: Path) -> None:

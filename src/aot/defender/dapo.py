@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -44,7 +45,7 @@ from aot.defender.dynamic_sampling import (
 )
 from aot.defender.examples import load_image
 from aot.defender.model import Defender, user_content
-from aot.defender.sft import TimeBudget
+from aot.defender.sft import TimeBudget, current_training_args
 from aot.rewards import PROMPT_STYLES, correct_first_reward, make_prompt
 
 logger = logging.getLogger(__name__)
@@ -362,13 +363,13 @@ def build_dapo_trainer(
         bf16=False,
         seed=config.seed,
         data_seed=config.seed,
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,
         remove_unused_columns=False,
         dataloader_num_workers=0,
         log_completions=False,
     )
     kwargs.update(config.extra)
-    args = GRPOConfig(**kwargs)
+    args = GRPOConfig(**current_training_args(kwargs))
     peft_config = None
     if config.lora:
         from peft import LoraConfig
@@ -455,7 +456,15 @@ def train_defender_dapo(
         if resume:
             logger.info("DAPO: resuming from %s", resume)
         start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=resume)
+        with warnings.catch_warnings():
+            # TRL asks transformers' deprecated `is_gradient_checkpointing` on every rollout;
+            # nothing a user can change, so not repeated in every step's log.
+            warnings.filterwarnings(
+                "ignore",
+                message="`is_gradient_checkpointing` is deprecated",
+                category=FutureWarning,
+            )
+            trainer.train(resume_from_checkpoint=resume)
         logger.info(
             "Defender DAPO: %d steps in %.0f s",
             trainer.state.global_step,

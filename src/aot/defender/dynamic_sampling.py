@@ -265,6 +265,7 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
         self.sampling_seed = sampling_seed
         self.dynamic_sampling = dynamic_sampling
         self._last_rewards_per_func: torch.Tensor | None = None
+        self._short_steps = 0
         processes = self.accelerator.num_processes
         expected = groups_per_step * self.num_generations * processes
         if self.args.generation_batch_size != expected:
@@ -411,13 +412,18 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
                 output[SKIP_KEY] = torch.tensor(True)
             return output
         if not batch.full:
-            logger.warning(
+            # Usual when most prompts are answered all right: warn once, then log at INFO (the
+            # training log's dapo/groups_kept column has every step).
+            self._short_steps += 1
+            logger.log(
+                logging.WARNING if self._short_steps == 1 else logging.INFO,
                 "DAPO step %d: only %d/%d informative groups after %d tries (max_tries); "
-                "training on what there is",
+                "training on what there is%s",
                 step,
                 len(batch.kept),
                 batch.target,
                 batch.tries,
+                " (later short steps are logged at INFO)" if self._short_steps == 1 else "",
             )
         merged = merge_rollouts(parts, pad_token_id=self._tokenizer.pad_token_id)
         if processes > 1:

@@ -116,6 +116,19 @@ class DefenderSFTConfig:
         return config
 
 
+# transformers 5 renamed these TrainingArguments; the old names still work but warn on every
+# trainer built. Settings a user gives under the old names in `extra` keep working.
+RENAMED_TRAINING_ARGS = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+
+
+def current_training_args(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with the deprecated TrainingArguments names replaced by the current ones."""
+    return {RENAMED_TRAINING_ARGS.get(key, key): value for key, value in settings.items()}
+
+
 def _word_token_ids(tokenizer: Any, word: str) -> list[int]:
     """Single-token spellings of `word` (bare, as in `\\boxed{red}`, and with a leading space)."""
     ids = []
@@ -383,11 +396,12 @@ def train_defender_sft(
         assistant_only_loss=True,
         remove_unused_columns=False,
         max_length=None,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    args = SFTConfig(**{**settings, **config.extra})  # `extra` may override any of these
+    # `extra` may override any of these
+    args = SFTConfig(**current_training_args({**settings, **config.extra}))
     peft_config = None
     if config.lora:
         from peft import LoraConfig

@@ -1,6 +1,8 @@
 """evaluation: the held-out suites (clean, attacked by each Attacker, unseen manipulations,
 POPE-style existence) answered by the base Defender and by each round's Defender."""
 
+import warnings
+
 from kedro.pipeline import Node, Pipeline
 
 from aot.pipelines import bind
@@ -18,7 +20,17 @@ BASELINES = ("clean_rl", "static_aug")
 
 
 def create_pipeline(rounds: list[str] | None = None, **kwargs) -> Pipeline:  # noqa: ANN003
-    rounds = rounds or load_rounds()
+    # The evaluation reads each round's Defender and Attacker by their namespaced names
+    # (`selfplay.round_1.defender`) on purpose; Kedro warns about dotted names read outside
+    # their namespace on every run otherwise.
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="One or more dataset names contain '.'", category=UserWarning
+        )
+        return _create_pipeline(rounds or load_rounds())
+
+
+def _create_pipeline(rounds: list[str]) -> Pipeline:
     attackers = {"cold": "cold_attacker"} | {r: f"selfplay.{r}.attacker" for r in rounds}
     defenders = (
         {"base": "sft_defender"}
