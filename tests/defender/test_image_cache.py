@@ -114,10 +114,8 @@ def _features(defender: Defender, images: list[Image.Image]) -> tuple[torch.Tens
     return tuple(out.pooler_output)
 
 
-def test_cached_features_equal_the_models_own(defender: Defender, monkeypatch) -> None:  # noqa: ANN001
-    distinct = _images(3, 112, 3) + _images(1, 168, 4)
-    batch = [distinct[i] for i in (0, 3, 0, 1, 2, 3, 1)]
-    reference = _features(defender, batch)
+def _count_vision_calls(defender: Defender, monkeypatch) -> list[int]:  # noqa: ANN001
+    """From now on, the vision tower records how many images each of its calls encodes."""
     visual = defender.model.model.visual
     calls: list[int] = []
     original = type(visual).forward
@@ -127,6 +125,14 @@ def test_cached_features_equal_the_models_own(defender: Defender, monkeypatch) -
         return original(self, hidden_states, grid_thw, **kwargs)
 
     monkeypatch.setattr(type(visual), "forward", counting)
+    return calls
+
+
+def test_cached_features_equal_the_models_own(defender: Defender, monkeypatch) -> None:  # noqa: ANN001
+    distinct = _images(3, 112, 3) + _images(1, 168, 4)
+    batch = [distinct[i] for i in (0, 3, 0, 1, 2, 3, 1)]
+    reference = _features(defender, batch)
+    calls = _count_vision_calls(defender, monkeypatch)
     cache: dict = {}
     with cached_image_features(defender.model, cache):
         first = _features(defender, batch)
@@ -195,14 +201,6 @@ def test_generate_encodes_an_image_a_batch_holds_twice_once(
         defender.generate([im], [q], max_new_tokens=4)[0]
         for im, q in zip(batch, prompts, strict=True)
     ]
-    visual = defender.model.model.visual
-    calls: list[int] = []
-    original = type(visual).forward
-
-    def counting(self, hidden_states, grid_thw, **kwargs):  # noqa: ANN001, ANN202
-        calls.append(len(grid_thw))
-        return original(self, hidden_states, grid_thw, **kwargs)
-
-    monkeypatch.setattr(type(visual), "forward", counting)
+    calls = _count_vision_calls(defender, monkeypatch)
     assert defender.generate(batch, prompts, max_new_tokens=4, batch_size=3) == plain
     assert calls == [2]  # one batch, its 2 distinct images
