@@ -194,23 +194,17 @@ def cached_image_features(model: Any, cache: MutableMapping[Any, Any]) -> Iterat
 
 
 @contextmanager
-def reusing_images(
-    model: Any,
-    processor: Any,
-    cache: MutableMapping[Any, Any],
-    patches: MutableMapping[Any, Any] | None = None,
-) -> Iterator[None]:
-    """`cached_image_features` on the model with ``cache``, and `cached_preprocessing` on the
-    processor's image processor with ``patches`` (default: ``cache`` too).
+def reusing_images(model: Any, processor: Any, cache: MutableMapping[Any, Any]) -> Iterator[None]:
+    """`cached_image_features` on the model and `cached_preprocessing` on the processor's image
+    processor, both with ``cache``: for a short-lived block in which the same images come back
+    (a DAPO rollout batch, where TRL processes every copy of a prompt's image, twice).
 
-    A long-lived cache should take the features but not the patches: an image's patches are
-    about 40 times the size of its features on the default (and recomputing them is cheaper
-    than the vision tower), so patches fill a bounded cache long before the features would.
+    Not for a long-lived cache: an image's patches are about 40 times the size of its features
+    on the default, so they would fill a bounded cache long before the features would.
     """
     with ExitStack() as stack:
         image_processor = getattr(processor, "image_processor", None)
         if image_processor is not None:
-            store = cache if patches is None else patches
-            stack.enter_context(cached_preprocessing(image_processor, store))
+            stack.enter_context(cached_preprocessing(image_processor, cache))
         stack.enter_context(cached_image_features(model, cache))
         yield
