@@ -299,8 +299,9 @@ def test_only_the_first_short_step_warns_and_nothing_deprecated_does(
     # neither transformers' deprecated argument nor the property TRL asks warns on every step
     assert not [w for w in seen if "gradient_checkpointing` is deprecated" in str(w.message)]
     short = [r for r in caplog.records if "informative groups after 2 tries" in r.getMessage()]
-    assert [r.levelno for r in short] == [logging.WARNING, logging.INFO]
-    assert "later short steps are logged at INFO" in short[0].getMessage()
+    assert [r.levelno for r in short] == [logging.WARNING]  # the first short step only
+    steps = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any(m.startswith("DAPO step 2: 1/3 informative groups, 2 tries") for m in steps)
 
 
 class _Crash(TrainerCallback):

@@ -412,19 +412,16 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
                 output[SKIP_KEY] = torch.tensor(True)
             return output
         if not batch.full:
-            # Usual when most prompts are answered all right: warn once, then log at INFO (the
-            # training log's dapo/groups_kept column has every step).
             self._short_steps += 1
-            logger.log(
-                logging.WARNING if self._short_steps == 1 else logging.INFO,
-                "DAPO step %d: only %d/%d informative groups after %d tries (max_tries); "
-                "training on what there is%s",
-                step,
-                len(batch.kept),
-                batch.target,
-                batch.tries,
-                " (later short steps are logged at INFO)" if self._short_steps == 1 else "",
-            )
+            if self._short_steps == 1:  # usual when most prompts are answered all right
+                logger.warning(
+                    "DAPO step %d: only %d/%d informative groups after %d tries (max_tries); "
+                    "training on what there is. Each step's INFO line gives its count",
+                    step,
+                    len(batch.kept),
+                    batch.target,
+                    batch.tries,
+                )
         merged = merge_rollouts(parts, pad_token_id=self._tokenizer.pad_token_id)
         if processes > 1:
             mask = merged["completion_mask"]
