@@ -19,6 +19,7 @@ from aot.defender.dapo import (
     DefenderDAPOConfig,
     build_dapo_trainer,
     dapo_dataset,
+    log_sampling_summary,
     train_defender_dapo,
 )
 from aot.defender.dynamic_sampling import (
@@ -238,7 +239,7 @@ def test_try_limit_warns_and_skips_the_update(
     patterns = {f"item{i}": [0.0, 0.0, 0.0] for i in range(6)} | {"item3": [1.0, 1.0, 1.0]}
     defender = Defender.from_pretrained(tiny_defender_dir)
     before = _weights(defender.model)
-    with caplog.at_level(logging.WARNING, logger=LOGGER):
+    with caplog.at_level(logging.INFO):
         trained, metrics = train_defender_dapo(
             defender,
             records,
@@ -248,7 +249,10 @@ def test_try_limit_warns_and_skips_the_update(
             reward_funcs=[_scripted(patterns, 3)],
         )
     skips = [r for r in caplog.records if "no informative group in 3 tries" in r.getMessage()]
-    assert len(skips) == 2
+    assert [r.levelno for r in skips] == [logging.WARNING, logging.INFO]  # the first warns
+    summary = [r for r in caplog.records if r.getMessage().startswith("DAPO: of 2 steps")]
+    assert [r.levelno for r in summary] == [logging.WARNING]
+    assert "2 had no informative group (no update) and 0 fewer than" in summary[0].getMessage()
     assert metrics["dapo/tries"].tolist() == [3, 3]
     assert metrics["dapo/skipped"].tolist() == [1, 1]
     after = trained.model.state_dict()
@@ -300,8 +304,25 @@ def test_only_the_first_short_step_warns_and_nothing_deprecated_does(
     assert not [w for w in seen if "gradient_checkpointing` is deprecated" in str(w.message)]
     short = [r for r in caplog.records if "informative groups after 2 tries" in r.getMessage()]
     assert [r.levelno for r in short] == [logging.WARNING]  # the first short step only
+    assert any(
+        "0 had no informative group (no update) and 2 fewer than 3" in r.getMessage()
+        for r in caplog.records
+    )
     steps = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert any(m.startswith("DAPO step 2: 1/3 informative groups, 2 tries") for m in steps)
+
+
+def test_sampling_summary_counts_skipped_and_short_steps(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = pd.DataFrame({"dapo/skipped": [0.0, 1.0, 0.0, 0.0], "dapo/groups_kept": [8, 0, 5, 8]})
+    with caplog.at_level(logging.INFO, logger="aot.defender.dapo"):
+        log_sampling_summary(metrics, groups_per_step=8)
+        log_sampling_summary(metrics.iloc[[0, 3]], groups_per_step=8)
+        log_sampling_summary(pd.DataFrame({"step": [1]}), groups_per_step=8)  # no DAPO columns
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0][0] == logging.WARNING
+    assert "of 4 steps, 1 had no informative group (no update) and 1 fewer than 8" in lines[0][1]
+    assert lines[1][0] == logging.INFO and "of 2 steps, 0 had" in lines[1][1]
 
 
 class _Crash(TrainerCallback):

@@ -471,7 +471,29 @@ def train_defender_dapo(
             time.perf_counter() - start,
         )
     trained = _save_final(trainer, defender, config, output_dir / FINAL_MODEL)
-    return trained, step_metrics(trainer.state.log_history)
+    metrics = step_metrics(trainer.state.log_history)
+    log_sampling_summary(metrics, config.groups_per_step)
+    return trained, metrics
+
+
+def log_sampling_summary(metrics: pd.DataFrame, groups_per_step: int) -> None:
+    """One line on how many steps dynamic sampling left without an update or short of
+    ``groups_per_step`` informative groups (each step logs its own counts at INFO)."""
+    if "dapo/skipped" not in metrics or metrics.empty:
+        return
+    skipped = int((metrics["dapo/skipped"] > 0).sum())
+    short = int(
+        ((metrics["dapo/skipped"] == 0) & (metrics["dapo/groups_kept"] < groups_per_step)).sum()
+    )
+    logger.log(
+        logging.WARNING if skipped or short else logging.INFO,
+        "DAPO: of %d steps, %d had no informative group (no update) and %d fewer than %d "
+        "(columns dapo/skipped and dapo/groups_kept of the training log)",
+        len(metrics),
+        skipped,
+        short,
+        groups_per_step,
+    )
 
 
 def _save_final(

@@ -265,7 +265,8 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
         self.sampling_seed = sampling_seed
         self.dynamic_sampling = dynamic_sampling
         self._last_rewards_per_func: torch.Tensor | None = None
-        self._short_steps = 0
+        self._short_steps = 0  # steps trained on fewer groups than groups_per_step
+        self._skipped_steps = 0  # steps without any informative group: no update
         processes = self.accelerator.num_processes
         expected = groups_per_step * self.num_generations * processes
         if self.args.generation_batch_size != expected:
@@ -388,7 +389,9 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
         if not parts:
             nowhere = not any(b.kept for b in batches)
             if nowhere:
-                logger.warning(
+                self._skipped_steps += 1
+                logger.log(
+                    logging.WARNING if self._skipped_steps == 1 else logging.INFO,
                     "DAPO step %d: no informative group in %d tries (%d groups sampled, all with "
                     "mean reward <= %g or >= %g); skipping the update",
                     step,
