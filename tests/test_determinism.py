@@ -97,7 +97,10 @@ def test_seeds_command_writes_mean_and_spread_per_model_suite_protocol(smoke_see
         )
         for seed in (42, 43)
     }
-    assert set(summary["metric"]) == {"accuracy/overall", "parsed/overall"}
+    # the paired attack metrics exist where a smoke Defender answers some clean question right
+    paired = {"attack_success/overall", "fooled/overall", "pairs/overall"}
+    assert {"accuracy/overall", "parsed/overall"} <= set(summary["metric"])
+    assert set(summary["metric"]) <= {"accuracy/overall", "parsed/overall"} | paired
     expected_models = {
         "base",
         "clean_rl",

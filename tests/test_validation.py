@@ -216,13 +216,13 @@ def test_a_checkpoint_with_pickled_weights_only_is_refused(tmp_path: Path) -> No
 
 def test_an_environment_override_is_traced_to_its_own_file(tmp_path: Path) -> None:
     root = _conf_copy(tmp_path)
-    _edit(root, "conf/smoke/parameters.yml", "trainer: {max_steps: 4,", "trainer: {max_steps: 0,")
+    _edit(root, "conf/smoke/parameters.yml", "trainer: {max_steps: 20,", "trainer: {max_steps: 0,")
     _edit(root, "conf/base/parameters_sft.yml", "learning_rate: 0.0005", "learning_rate: -1")
     errors = _errors(root, "smoke")
     assert errors == [
         "conf/smoke/parameters.yml: sft.trainer.max_steps must be a positive integer, got 0"
     ]
-    _edit(root, "conf/smoke/parameters.yml", "trainer: {max_steps: 0,", "trainer: {max_steps: 4,")
+    _edit(root, "conf/smoke/parameters.yml", "trainer: {max_steps: 0,", "trainer: {max_steps: 20,")
     assert _errors(root, "smoke") == [
         "conf/base/parameters_sft.yml: sft.trainer.learning_rate must be positive, got -1"
     ]
