@@ -8,6 +8,7 @@ Example: `.venv/bin/python benchmarks/probe_defender_learning.py --scenes 3000 -
 `--match 1` adds question grounding (what the pipeline's `grounding_weight` does; results in
 benchmarks/results/defender_grounding.md); `--relation` and `--pos` are the spatial tries there.
 `--rope_theta` sets the LM's rotary base (benchmarks/results/defender_rope.md).
+`--schedule wsd` keeps the learning rate flat until the last `--decay` share of the steps.
 Note: `mm_token_type_ids` must be passed in training, or Qwen2.5-VL trains with 1D positions and
 generates with 3D mrope positions (an early version of this probe made that mistake).
 """
@@ -111,6 +112,14 @@ p.add_argument(
     help="draw families with these weights, e.g. spatial:2,attribute:1,count:1,existence:1 "
     "(default: uniform)",
 )
+p.add_argument(
+    "--schedule",
+    default="cosine",
+    choices=("cosine", "wsd"),
+    help="learning rate after the 100-step warm-up: cosine over the run, or wsd (flat, then a "
+    "cosine decay over the last --decay share of the steps)",
+)
+p.add_argument("--decay", type=float, default=0.2, help="wsd: share of the steps that decay")
 p.add_argument("--device", default="cpu", help="cpu or cuda (the loop and heads move there)")
 p.add_argument("--save", default=None, help="save the trained Defender to this folder")
 p.add_argument(
@@ -412,10 +421,18 @@ params = (
 )
 opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
 warm = 100
-sched = torch.optim.lr_scheduler.LambdaLR(
-    opt,
-    lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps)),
-)
+
+
+def lr_factor(s: int) -> float:
+    """Linear warm-up, then cosine over the run, or (wsd) flat until the last `--decay` share."""
+    if a.schedule == "cosine":
+        return min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps))
+    decay = max(1, round(a.decay * a.steps))
+    into = min(max(0, s - (a.steps - decay)), decay)
+    return min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * into / decay))
+
+
+sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
 g = torch.Generator().manual_seed(a.seed)
 # balanced by family
 fam_idx = {f: [i for i, r in enumerate(train) if r["family"] == f] for f in fams}
