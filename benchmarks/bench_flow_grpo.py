@@ -35,7 +35,8 @@ import torch
 from PIL import Image
 
 from aot.attacker import AttackerConfig, BoxEditPipeline, build_box_edit_pipeline
-from aot.attacker.flow_grpo import Rollout, train_attacker_flow_grpo
+from aot.attacker.flow_grpo import train_attacker_flow_grpo
+from aot.attacker.rollout import Rollout
 from report_notes import write_report
 
 logger = logging.getLogger("bench_flow_grpo")
@@ -113,12 +114,14 @@ def run(
     pipe, _ = load_attacker(args.attacker)
     reward_fn = None
     if name == "shuffled":
-        from aot.attacker.flow_grpo import DefenderAttackReward, FlowGRPOConfig
+        from aot.attacker.attack_reward import DefenderAttackReward
+        from aot.attacker.flow_grpo_config import FlowGRPOConfig
 
         cfg = FlowGRPOConfig.from_dict(params)
         reward_fn = shuffled(DefenderAttackReward(defender, cfg.reward), args.seed)
         # train_attacker_flow_grpo fills clean answers only for its own reward: do it here.
-        from aot.attacker.flow_grpo import build_items, clean_answers
+        from aot.attacker.attack_reward import clean_answers
+        from aot.attacker.rollout import build_items
 
         items = build_items(records, images, cfg.planner, scenes, cfg.max_records)
         clean_answers(defender, items, cfg.reward, cfg.defender_batch_size, args.seed)

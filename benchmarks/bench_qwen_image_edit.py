@@ -43,7 +43,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from aot.attacker.flow_grpo import FlowGRPOConfig, FlowGRPOTrainer, Rollout, build_items
+from aot.attacker.flow_grpo import FlowGRPOTrainer
+from aot.attacker.flow_grpo_config import FlowGRPOConfig
 from aot.attacker.flow_sampler import QwenImageEditEditor
 from aot.attacker.qwen_edit import (
     QWEN_IMAGE_LORA_TARGETS,
@@ -51,6 +52,7 @@ from aot.attacker.qwen_edit import (
     model_size,
     run_qwen_edit_pass,
 )
+from aot.attacker.rollout import Rollout, build_items
 from aot.world import QuestionConfig, WorldConfig, make_questions, sample_scene
 from report_notes import write_report
 

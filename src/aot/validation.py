@@ -741,7 +741,7 @@ def _attack_reward(key: str, value: Any, k: Any) -> list[Issue]:
 
 def _sampling(key: str, value: Mapping[str, Any]) -> list[Issue]:
     """``sampling_steps`` and ``noise_level`` as ``attack_records`` hands them to Flow-GRPO."""
-    from aot.attacker.flow_grpo import FlowGRPOConfig
+    from aot.attacker.flow_grpo_config import FlowGRPOConfig
 
     given = {n: value[n] for n in ("sampling_steps", "noise_level") if n in value}
     return _typed(key, lambda: FlowGRPOConfig(**given), {"FlowGRPOConfig": key})
@@ -760,7 +760,7 @@ def _check_selfplay(key: str, value: Any, ctx: _Context) -> list[Issue]:
 
 
 def _check_selfplay_attacker(key: str, value: Any, ctx: _Context) -> list[Issue]:
-    from aot.attacker.flow_grpo import FlowGRPOConfig
+    from aot.attacker.flow_grpo_config import FlowGRPOConfig
 
     if _mapping_issue(key, value):
         return _mapping_issue(key, value)

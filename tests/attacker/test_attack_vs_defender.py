@@ -20,14 +20,11 @@ import pytest
 import torch
 
 from aot.attacker import AttackerConfig, build_box_edit_pipeline
+from aot.attacker.attack_reward import DefenderAttackReward, clean_answers
 from aot.attacker.cold_start import ColdStartConfig, train_cold_start
-from aot.attacker.flow_grpo import (
-    DefenderAttackReward,
-    FlowGRPOConfig,
-    FlowGRPOTrainer,
-    build_items,
-    clean_answers,
-)
+from aot.attacker.flow_grpo import FlowGRPOTrainer
+from aot.attacker.flow_grpo_config import FlowGRPOConfig
+from aot.attacker.rollout import build_items
 from aot.defender import Defender, TinyDefenderConfig, build_tiny_defender
 from aot.defender.examples import world_examples
 from aot.defender.sft import DefenderSFTConfig, train_defender_sft

@@ -13,16 +13,10 @@ import pytest
 import torch
 
 from aot.attacker import AttackerConfig, build_box_edit_pipeline
-from aot.attacker.flow_grpo import (
-    DefenderAttackReward,
-    FlowGRPOConfig,
-    FlowGRPOTrainer,
-    Rollout,
-    build_items,
-    clean_answers,
-    group_advantages,
-    train_attacker_flow_grpo,
-)
+from aot.attacker.attack_reward import DefenderAttackReward, clean_answers
+from aot.attacker.flow_grpo import FlowGRPOTrainer, group_advantages, train_attacker_flow_grpo
+from aot.attacker.flow_grpo_config import FlowGRPOConfig
+from aot.attacker.rollout import Rollout, build_items
 from aot.rewards import build_prompt
 from aot.world import QuestionConfig, WorldConfig, make_questions, sample_scene
 

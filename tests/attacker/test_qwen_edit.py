@@ -12,13 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from aot.attacker.flow_grpo import (
-    STATE_FILE,
-    FlowGRPOConfig,
-    FlowGRPOTrainer,
-    build_items,
-    train_attacker_flow_grpo,
-)
+from aot.attacker.flow_grpo import STATE_FILE, FlowGRPOTrainer, train_attacker_flow_grpo
+from aot.attacker.flow_grpo_config import FlowGRPOConfig
 from aot.attacker.flow_sampler import QwenImageEditEditor
 from aot.attacker.qwen_edit import (
     QWEN_IMAGE_LORA_TARGETS,
@@ -28,6 +23,7 @@ from aot.attacker.qwen_edit import (
     is_qwen_image_edit,
     run_qwen_edit_pass,
 )
+from aot.attacker.rollout import build_items
 from aot.world import QuestionConfig, WorldConfig, make_questions, sample_scene
 
 LORA = {"r": 4, "lora_alpha": 4, "target_modules": list(QWEN_IMAGE_LORA_TARGETS)}

@@ -5,21 +5,20 @@ A 7-channel class-conditioned ``UNet2DModel`` works on a crop around the edit bo
 ``cold_start`` trains it with flow matching on procedural and given edit pairs, ``quality``
 scores edits against the world's exact filler, and ``editing`` / ``sde`` hold the tensor-level
 functions the Flow-GRPO trainer builds on. ``flow_sampler`` (the ``FlowEditor`` interface and the
-log-prob sampler), ``planner`` (where / how / what to edit) and ``flow_grpo`` (the RL loop on the
-integrity x efficacy reward of ``aot.rewards.attack``) are the Flow-GRPO stage; ``qwen_edit``
-plugs Qwen-Image-Edit (the paper's Attacker) into it.
+log-prob sampler), ``planner`` (where / how / what to edit), ``rollout`` (the items attacked and
+a step's sampled edits), ``attack_reward`` (the integrity x efficacy reward of
+``aot.rewards.attack`` with the frozen Defender's answers), ``flow_grpo_config`` (its settings)
+and ``flow_grpo`` (the RL loop) are the Flow-GRPO stage; ``qwen_edit`` plugs Qwen-Image-Edit (the
+paper's Attacker) into it.
 """
 
+from aot.attacker.attack_reward import DefenderAttackReward
 from aot.attacker.cold_start import ColdStartConfig, draw_batch, train_cold_start
 from aot.attacker.config import AttackerConfig, build_unet
 from aot.attacker.crops import crop_window, model_to_uint8, pil_to_model, uint8_to_model
 from aot.attacker.editing import flow_matching_loss, paste_back, sample_crops, to_crops, velocity
-from aot.attacker.flow_grpo import (
-    DefenderAttackReward,
-    FlowGRPOConfig,
-    FlowGRPOTrainer,
-    train_attacker_flow_grpo,
-)
+from aot.attacker.flow_grpo import FlowGRPOTrainer, train_attacker_flow_grpo
+from aot.attacker.flow_grpo_config import FlowGRPOConfig
 from aot.attacker.flow_sampler import (
     CropConditioning,
     FlowEditor,

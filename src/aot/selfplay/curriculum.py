@@ -20,14 +20,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from aot.attacker.flow_grpo import (
-    DefenderAttackReward,
-    FlowGRPOConfig,
-    FlowGRPOTrainer,
-    build_items,
-    clean_answers,
-)
+from aot.attacker.attack_reward import DefenderAttackReward, clean_answers
+from aot.attacker.flow_grpo import FlowGRPOTrainer
+from aot.attacker.flow_grpo_config import FlowGRPOConfig
 from aot.attacker.pipeline import BoxEditPipeline
+from aot.attacker.rollout import build_items
 from aot.config import reject_unknown
 from aot.rewards.attack import AttackRewardConfig
 from aot.world import Edit, apply_edit
