@@ -424,12 +424,14 @@ warm = 100
 
 
 def lr_factor(s: int) -> float:
-    """Linear warm-up, then cosine over the run, or (wsd) flat until the last `--decay` share."""
+    """Linear warm-up times a cosine over the run, or (wsd) over the last `--decay` share only
+    (the shape of transformers' `warmup_stable_decay`, which the pipeline would use)."""
     if a.schedule == "cosine":
-        return min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps))
-    decay = max(1, round(a.decay * a.steps))
-    into = min(max(0, s - (a.steps - decay)), decay)
-    return min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * into / decay))
+        angle = math.pi * min(s, a.steps) / a.steps
+    else:
+        decay = max(1, round(a.decay * a.steps))
+        angle = math.pi * min(max(0, s - (a.steps - decay)), decay) / decay
+    return min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(angle))
 
 
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
