@@ -425,7 +425,8 @@ warm = 100
 
 def lr_factor(s: int) -> float:
     """Linear warm-up times a cosine over the run, or (wsd) over the last `--decay` share only
-    (the shape of transformers' `warmup_stable_decay`, which the pipeline would use)."""
+    (the shape of transformers' `warmup_stable_decay`, which the pipeline uses; kept by hand so
+    that the probe's recorded runs stay comparable)."""
     if a.schedule == "cosine":
         angle = math.pi * min(s, a.steps) / a.steps
     else:
