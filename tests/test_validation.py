@@ -508,3 +508,13 @@ def test_the_evaluation_image_cache_takes_a_size_in_megabytes() -> None:
     params["evaluation"]["image_cache_mb"] = -1
     errors = validate_parameters(params, sections={"evaluation"}, root=PROJECT_ROOT)
     assert errors == ["evaluation.image_cache_mb must be an integer >= 0, got -1"]
+
+
+def test_pretraining_family_weights_name_an_unknown_family() -> None:
+    params, sources = load_parameters(PROJECT_ROOT, "base")
+    params["pretrain"]["data"]["family_weights"] = {"spatial": 3, "colour": 1}
+    assert validate_parameters(params, root=PROJECT_ROOT, sources=sources) == [
+        "conf/base/parameters_bootstrap_dataset.yml: pretrain.data.family_weights must map "
+        "question families (spatial, attribute, count, existence) to numbers > 0, got "
+        "{'spatial': 3, 'colour': 1}"
+    ]

@@ -632,6 +632,20 @@ def _sft_trainer(key: str, value: Any, ctx: _Context) -> list[Issue]:
     return issues
 
 
+def _family_weights(value: Any) -> str | None:
+    from aot.defender.examples import check_family_weights
+    from aot.world import FAMILIES
+
+    problem = f"must map question families ({', '.join(FAMILIES)}) to numbers > 0"
+    if value is not None and not isinstance(value, Mapping):
+        return problem
+    try:
+        check_family_weights(value)
+    except ValueError:
+        return problem
+    return None
+
+
 def _check_pretrain(key: str, value: Any, ctx: _Context) -> list[Issue]:
     def data(k: str, v: Any, c: _Context) -> list[Issue]:
         rules = {
@@ -639,6 +653,7 @@ def _check_pretrain(key: str, value: Any, ctx: _Context) -> list[Issue]:
             "turns": positive_int,
             "repeats": positive_int,
             "extended_repeats": non_negative_int,
+            "family_weights": _family_weights,
         }
         return _plain(k, v, c, rules)
 

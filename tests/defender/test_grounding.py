@@ -183,3 +183,28 @@ def test_the_grounding_loss_reaches_the_vision_tower_through_the_lm(
         trainer.compute_loss(defender.model, collator([dict(r) for r in rows])).backward()
         grads.append(torch.cat([p.grad.flatten() for p in visual.parameters()]))
     assert not torch.allclose(grads[0], grads[1])
+
+
+def test_family_weights_shift_which_family_a_conversation_asks(world) -> None:  # noqa: ANN001
+    records, images, graphs = world
+    spatial_images = records[records["family"] == "spatial"]["image"].unique()
+    records = records[records["image"].isin(spatial_images)]
+
+    def spatial_share(weights: dict[str, float] | None) -> float:
+        examples = world_examples(
+            records, images, graphs, mode="word", repeats=40, seed=3, family_weights=weights
+        )
+        asked = [e.grounding.max() == 2 for e in examples]  # only spatial marks a reference
+        return float(np.mean(asked))
+
+    # every image here has all four families: uniform gives about 1/4, spatial x3 about 1/2
+    assert 0.18 < spatial_share(None) < 0.32
+    assert 0.42 < spatial_share({"spatial": 3.0}) < 0.58
+    assert spatial_share({"spatial": 1000.0}) > 0.97
+
+
+@pytest.mark.parametrize("weights", [{"colour": 1.0}, {"spatial": 0}, {"spatial": "high"}])
+def test_bad_family_weights_are_named(world, weights: dict) -> None:  # noqa: ANN001
+    records, images, graphs = world
+    with pytest.raises(ValueError, match="family_weights"):
+        world_examples(records.head(4), images, graphs, family_weights=weights)

@@ -12,7 +12,7 @@ import pandas as pd
 from aot.defender.dense import dense_targets, question_targets
 from aot.defender.sft import SFTExample
 from aot.rewards import PromptStyle, make_prompt, target_completion
-from aot.world import Edit, Scene, apply_edit
+from aot.world import FAMILIES, Edit, Scene, apply_edit
 
 
 def load_image(images: Mapping[str, Any], key: str) -> Any:
@@ -43,16 +43,20 @@ def world_examples(
     turns: int = 1,
     repeats: int = 1,
     seed: int = 0,
+    family_weights: Mapping[str, float] | None = None,
 ) -> list[SFTExample]:
     """Conversations of up to `turns` questions about one image, `repeats` draws per image.
 
     Each draw prefers one question per family so every conversation mixes skills. `graphs` (by
     image key) adds the dense grounding targets; without it (user data) the loss is text only.
+    The first question's family is uniform over those the image has, or drawn in proportion to
+    `family_weights` (a family left out weighs 1), which shifts how often each family is asked.
     """
     if records.empty:
         raise ValueError("world_examples: the record table is empty")
     if turns < 1 or repeats < 1:
         raise ValueError("world_examples: turns and repeats must be >= 1")
+    weights = check_family_weights(family_weights)
     rng = np.random.default_rng(seed)
     out: list[SFTExample] = []
     for key, group in records.groupby(image_column, sort=True):
@@ -65,6 +69,10 @@ def world_examples(
                 by_family.setdefault(rows[i]["family"], rows[i])
             chosen = list(by_family.values())
             rng.shuffle(chosen)
+            if weights is not None:
+                w = np.array([weights.get(r["family"], 1.0) for r in chosen])
+                first = int(rng.choice(len(chosen), p=w / w.sum()))
+                chosen.insert(0, chosen.pop(first))
             conversation = tuple(
                 (
                     make_prompt(r["question"], list(r["options"]), style, mode),
@@ -81,6 +89,22 @@ def world_examples(
             out.append(
                 SFTExample(image=image, turns=conversation, dense=dense, grounding=grounding)
             )
+    return out
+
+
+def check_family_weights(
+    family_weights: Mapping[str, float] | None, name: str = "family_weights"
+) -> dict[str, float] | None:
+    """`family_weights` as a dict, or a ValueError naming the unknown family or bad weight."""
+    if not family_weights:
+        return None
+    out: dict[str, float] = {}
+    for family, weight in dict(family_weights).items():
+        if family not in FAMILIES:
+            raise ValueError(f"{name}: unknown family {family!r} (families: {', '.join(FAMILIES)})")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+            raise ValueError(f"{name}.{family} must be a number > 0, got {weight!r}")
+        out[family] = float(weight)
     return out
 
 

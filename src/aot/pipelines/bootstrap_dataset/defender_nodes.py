@@ -18,7 +18,7 @@ import pandas as pd
 
 from aot.datasets import ModelFolder
 from aot.defender import Defender, TinyDefenderConfig, build_tiny_defender
-from aot.defender.examples import graphs_from_table, world_examples
+from aot.defender.examples import check_family_weights, graphs_from_table, world_examples
 from aot.defender.sft import DefenderSFTConfig, SFTExample, train_defender_sft
 from aot.defender.tokenizer import SYSTEM_PROMPT
 from aot.pipelines.evaluation.nodes import answer_records, summarize_clean
@@ -98,7 +98,7 @@ def pretraining_examples(
     """The pretraining conversations: `repeats` per training image of each named scale.
 
     `sets` maps a scale's name to its (scenes, records, images, repeats); `data` is
-    `pretrain.data` (prompt style, turns).
+    `pretrain.data` (prompt style, turns, family weights).
     """
     examples: list[SFTExample] = []
     for name, (scene_table, table, pictures, repeats) in sets.items():
@@ -112,6 +112,7 @@ def pretraining_examples(
             turns=int(data.get("turns", 1)),
             repeats=repeats,
             seed=seed,
+            family_weights=data.get("family_weights"),
         )
         logger.info(
             "Pretraining data: %d conversations about %d %s scenes",
@@ -146,6 +147,7 @@ def pretrain_defender(
         return defender, pd.DataFrame({"step": [], "loss": []}), {"pretrained": False}
     config = DefenderSFTConfig.from_dict(pretrain.get("trainer"), prefix="pretrain.trainer")
     data = pretrain.get("data", {})
+    check_family_weights(data.get("family_weights"), "pretrain.data.family_weights")
     mode = pretrain.get("answer_mode", "word")
     style = data.get("prompt_style", "short")
     sets = {"source": (scenes, records, images, int(data.get("repeats", 3)))}
