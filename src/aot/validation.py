@@ -636,13 +636,10 @@ def _family_weights(value: Any) -> str | None:
     from aot.defender.examples import check_family_weights
     from aot.world import FAMILIES
 
-    problem = f"must map question families ({', '.join(FAMILIES)}) to numbers > 0"
-    if value is not None and not isinstance(value, Mapping):
-        return problem
     try:
         check_family_weights(value)
     except ValueError:
-        return problem
+        return f"must map question families ({', '.join(FAMILIES)}) to numbers > 0"
     return None
 
 

@@ -96,16 +96,18 @@ def check_family_weights(
     family_weights: Mapping[str, float] | None, name: str = "family_weights"
 ) -> dict[str, float] | None:
     """`family_weights` as a dict, or a ValueError naming the unknown family or bad weight."""
-    if not family_weights:
+    if family_weights is None:
         return None
+    if not isinstance(family_weights, Mapping):
+        raise ValueError(f"{name} must map question families to weights, got {family_weights!r}")
     out: dict[str, float] = {}
-    for family, weight in dict(family_weights).items():
+    for family, weight in family_weights.items():
         if family not in FAMILIES:
             raise ValueError(f"{name}: unknown family {family!r} (families: {', '.join(FAMILIES)})")
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
             raise ValueError(f"{name}.{family} must be a number > 0, got {weight!r}")
         out[family] = float(weight)
-    return out
+    return out or None
 
 
 def graphs_from_table(scene_table: pd.DataFrame) -> dict[str, Scene]:

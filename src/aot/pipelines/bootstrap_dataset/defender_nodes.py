@@ -18,7 +18,7 @@ import pandas as pd
 
 from aot.datasets import ModelFolder
 from aot.defender import Defender, TinyDefenderConfig, build_tiny_defender
-from aot.defender.examples import check_family_weights, graphs_from_table, world_examples
+from aot.defender.examples import graphs_from_table, world_examples
 from aot.defender.sft import DefenderSFTConfig, SFTExample, train_defender_sft
 from aot.defender.tokenizer import SYSTEM_PROMPT
 from aot.pipelines.evaluation.nodes import answer_records, summarize_clean
@@ -147,7 +147,6 @@ def pretrain_defender(
         return defender, pd.DataFrame({"step": [], "loss": []}), {"pretrained": False}
     config = DefenderSFTConfig.from_dict(pretrain.get("trainer"), prefix="pretrain.trainer")
     data = pretrain.get("data", {})
-    check_family_weights(data.get("family_weights"), "pretrain.data.family_weights")
     mode = pretrain.get("answer_mode", "word")
     style = data.get("prompt_style", "short")
     sets = {"source": (scenes, records, images, int(data.get("repeats", 3)))}
