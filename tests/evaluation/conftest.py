@@ -27,7 +27,8 @@ class ScriptedDefender:
     """A fake Defender with ``Defender.generate``'s signature.
 
     ``script(prompt, k, rng)`` returns the reply to the ``k``-th time (0-based) ``prompt`` is
-    asked; ``rng`` is seeded by the call's ``seed``. Every call is recorded in ``calls``.
+    asked, each of a call's ``n`` samples counting once; ``rng`` is seeded by the call's
+    ``seed``. Every call is recorded in ``calls``.
     """
 
     def __init__(self, script: Callable[[str, int, np.random.Generator], str]) -> None:
@@ -56,8 +57,8 @@ class ScriptedDefender:
         out = []
         for prompt in prompts:
             k = self.asked[prompt]
-            self.asked[prompt] += 1
-            out.append([self.script(prompt, k, rng) for _ in range(n)])
+            self.asked[prompt] += n
+            out.append([self.script(prompt, k + j, rng) for j in range(n)])
         return out
 
 

@@ -45,7 +45,9 @@ def test_greedy_asks_once_and_scores_with_the_protocol(scripted, records, images
     assert out["record_id"].tolist() == records["record_id"].tolist()
 
 
-def test_strict_needs_all_trials_and_stops_at_the_first_wrong(scripted, records, images) -> None:
+def test_strict_needs_all_trials_and_keeps_replies_to_the_first_wrong(
+    scripted, records, images
+) -> None:
     plan = {
         "What color is the circle?": "RRR",
         "How many stars are there?": "WRR",
@@ -61,24 +63,21 @@ def test_strict_needs_all_trials_and_stops_at_the_first_wrong(scripted, records,
     out = answer_table(defender, records, images, protocol="strict", trials=3, temperature=0.7)
     assert out["correct"].tolist() == [True, False, False, False]
     assert out["trials"].tolist() == [3, 1, 3, 2]
-    asked = {q: n for q, n in ((question_of(p), n) for p, n in defender.asked.items())}
-    assert asked == {
-        "What color is the circle?": 3,
-        "How many stars are there?": 1,
-        "Is there a red square in the image?": 3,
-        "Where is the star relative to the cross?": 2,
-    }
+    # sampled trials come from one call with n = trials; replies after the first wrong are dropped
+    assert [(c["n"], c["temperature"]) for c in defender.calls] == [(3, 0.7)]
+    assert out.loc[1, "responses"] == ["\\boxed{3}"]
+    assert out.loc[3, "responses"] == ["boxed( Above )", "\\boxed{left}"]
     # the decisive reply is the failing one, and it is what `extracted` reads
     assert out.loc[2, "response"] == "\\boxed{No}" and out.loc[2, "extracted"] == "No"
     assert out.loc[0, "responses"] == ["\\boxed{red}"] * 3
-    assert {c["temperature"] for c in defender.calls} == {0.7}
 
 
 def test_strict_at_temperature_zero_repeats_greedy(scripted, records, images) -> None:
     defender = scripted(lambda p, k, rng: RIGHT[question_of(p)])
     out = answer_table(defender, records, images, protocol="strict", trials=2, temperature=0.0)
     assert out["correct"].all() and out["trials"].tolist() == [2, 2, 2, 2]
-    assert [c["temperature"] for c in defender.calls] == [0.0, 0.0]
+    # greedy repeats cannot come from one call (n > 1 needs sampling): one call per trial
+    assert [(c["n"], c["temperature"]) for c in defender.calls] == [(1, 0.0), (1, 0.0)]
 
 
 def sampled_table(seed: int, scripted: Any, records: pd.DataFrame, images: dict) -> pd.DataFrame:
