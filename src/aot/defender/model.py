@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from aot.defender.image_cache import cached_image_features
+from aot.defender.shared_prefill import can_share_prefill, generate_with_shared_prefill
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,8 @@ class Defender:
         """Answers each (image, prompt) pair `n` times; greedy when temperature is 0.
 
         Returns one list of `n` decoded answers per prompt. Uses the KV cache and batches of
-        `batch_size` prompts (each expanded to `n` sequences when sampling).
+        `batch_size` prompts (each expanded to `n` sequences when sampling, after its prompt is
+        encoded once: `aot.defender.shared_prefill`).
         """
         if len(images) != len(prompts):
             raise ValueError(f"generate: {len(images)} images but {len(prompts)} prompts")
@@ -184,7 +186,10 @@ class Defender:
                 inputs = self.processor(
                     images=batch_images, text=texts, padding=True, return_tensors="pt"
                 ).to(self.device)
-                output = self.model.generate(**inputs, **gen_kwargs)
+                if can_share_prefill(self.model, inputs, n):
+                    output = generate_with_shared_prefill(self.model, inputs, n, **gen_kwargs)
+                else:
+                    output = self.model.generate(**inputs, **gen_kwargs)
                 new_tokens = output[:, inputs["input_ids"].shape[1] :]
                 decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
                 answers.extend(decoded[i : i + n] for i in range(0, len(decoded), n))

@@ -1,0 +1,75 @@
+"""Sampling ``n`` answers per prompt with the prompt encoded once (hand-written: transformers'
+``generate`` copies every prompt ``num_return_sequences`` times before the prefill, and has no
+option to share a prompt's prefill between its samples).
+
+The Defender samples several answers per question in the AOT-SFT filter (K = 3), the round's
+curriculum and metrics, the Attacker's reward and the strict evaluation protocol. On the tiny
+default the prefill is most of a ``generate`` call (image tokens, question and options against
+at most 12 answer tokens), so encoding it once instead of ``n`` times takes 0.49 of the time at
+n = 3 and 0.43 at n = 5, with the same answers (`benchmarks/results/shared_prefill.md`).
+
+How: one forward over each prompt but its last token fills a ``DynamicCache``; the cache, and
+Qwen2.5-VL's multimodal rope offsets that this forward stores on the model, are repeated
+``n`` times per row (each prompt's copies adjacent, as ``num_return_sequences`` lays them out);
+then ``generate`` runs on the repeated prompts with that cache, so it only feeds the last prompt
+token before decoding. Models without Qwen2.5-VL's ``rope_deltas`` take the plain path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+# Inputs laid out per prompt token; the rest (patches, grids) are per image.
+TOKEN_ALIGNED = ("input_ids", "attention_mask", "mm_token_type_ids")
+
+
+def rope_owner(model: Any) -> Any | None:
+    """The submodule that keeps Qwen2.5-VL's ``rope_deltas`` between a prefill and the decoding
+    steps (``Qwen2_5_VLModel``, under a peft wrapper too); None if the model has none."""
+    for module in model.modules():
+        if hasattr(module, "rope_deltas") and hasattr(module, "get_rope_index"):
+            return module
+    return None
+
+
+def can_share_prefill(model: Any, inputs: Mapping[str, Any], n: int) -> bool:
+    """Whether `generate_with_shared_prefill` applies: several samples, a Qwen2.5-VL-style model,
+    and an image per prompt (its rope offsets come from the image grid)."""
+    return (
+        n > 1
+        and inputs.get("image_grid_thw") is not None
+        and inputs["input_ids"].shape[1] > 1
+        and rope_owner(model) is not None
+    )
+
+
+@torch.inference_mode()
+def generate_with_shared_prefill(
+    model: Any, inputs: Mapping[str, torch.Tensor], n: int, **gen_kwargs: Any
+) -> torch.Tensor:
+    """``model.generate(**inputs, num_return_sequences=n, **gen_kwargs)`` with each prompt's
+    prefill computed once; returns the same layout: ``n`` adjacent rows per prompt, prompt
+    tokens first. Check `can_share_prefill` first."""
+    owner = rope_owner(model)
+    aligned = {k: v for k, v in inputs.items() if k in TOKEN_ALIGNED}
+    per_image = {k: v for k, v in inputs.items() if k not in TOKEN_ALIGNED}
+    cache = DynamicCache(config=model.config)
+    owner.rope_deltas = None  # computed afresh by the prefill below
+    model(
+        **{k: v[:, :-1] for k, v in aligned.items()},
+        **per_image,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    if owner.rope_deltas is None:
+        raise RuntimeError("shared prefill: the model did not store its rope offsets")
+    cache.batch_repeat_interleave(n)
+    owner.rope_deltas = owner.rope_deltas.repeat_interleave(n, dim=0)
+    repeated = {k: v.repeat_interleave(n, dim=0) for k, v in aligned.items()}
+    gen_kwargs = {**gen_kwargs, "num_return_sequences": 1}
+    return model.generate(**repeated, past_key_values=cache, **gen_kwargs)

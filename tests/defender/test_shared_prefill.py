@@ -1,0 +1,69 @@
+"""Sampling n answers with each prompt encoded once (`aot.defender.shared_prefill`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import aot.defender.model as defender_model
+from aot.defender import Defender
+from aot.defender.shared_prefill import can_share_prefill, generate_with_shared_prefill
+
+PROMPTS = ["What color is the circle?", "How many stars are there in the image?", "Where?"]
+
+
+def _inputs(defender: Defender) -> dict[str, torch.Tensor]:
+    """A padded batch: prompts of different lengths, images of two sizes."""
+    images = [Image.new("RGB", (s, s), c) for s, c in [(112, "red"), (168, "blue"), (112, "green")]]
+    texts = [defender.chat_text(p) for p in PROMPTS]
+    return dict(defender.processor(images=images, text=texts, padding=True, return_tensors="pt"))
+
+
+@pytest.mark.parametrize("sample", [True, False])
+def test_shared_prefill_gives_the_tokens_of_num_return_sequences(
+    tiny_defender_dir: Path, sample: bool
+) -> None:
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    model, inputs = defender.model.eval(), _inputs(defender)
+    assert inputs["attention_mask"].eq(0).any()  # left padding is part of the check
+    assert can_share_prefill(model, inputs, 3) and not can_share_prefill(model, inputs, 1)
+    settings = dict(do_sample=True, top_k=0) if sample else dict(do_sample=False)
+    kwargs = dict(max_new_tokens=6, use_cache=True, output_logits=True, **settings)
+    kwargs |= dict(return_dict_in_generate=True)
+    with torch.inference_mode():
+        torch.manual_seed(5)
+        if sample:
+            plain = model.generate(**inputs, num_return_sequences=3, **kwargs)
+            plain_tokens, plain_logits = plain.sequences, torch.stack(plain.logits)
+        else:  # generate refuses n > 1 greedy answers: they are the one answer, repeated
+            plain = model.generate(**inputs, **kwargs)
+            plain_tokens = plain.sequences.repeat_interleave(3, dim=0)
+            plain_logits = torch.stack(plain.logits).repeat_interleave(3, dim=1)
+        torch.manual_seed(5)
+        shared = generate_with_shared_prefill(model, inputs, 3, num_return_sequences=3, **kwargs)
+    assert shared.sequences.shape == plain_tokens.shape == (9, inputs["input_ids"].shape[1] + 6)
+    assert torch.equal(shared.sequences, plain_tokens)
+    # the same distributions at every step, not just the same draws (positions, cache rows)
+    torch.testing.assert_close(torch.stack(shared.logits), plain_logits, rtol=1e-4, atol=1e-5)
+
+
+def test_defender_samples_through_it_and_greedy_after_is_unchanged(
+    tiny_defender_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    images = [Image.new("RGB", (112, 112), c) for c in ("red", "blue", "green")]
+    greedy_before = defender.generate(images, PROMPTS, max_new_tokens=5)
+    calls: list[int] = []
+
+    def spy(model, inputs, n, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        calls.append(n)
+        return generate_with_shared_prefill(model, inputs, n, **kwargs)
+
+    monkeypatch.setattr(defender_model, "generate_with_shared_prefill", spy)
+    sampled = defender.generate(images, PROMPTS, n=4, temperature=1.0, max_new_tokens=5, seed=3)
+    assert calls == [4] and [len(a) for a in sampled] == [4, 4, 4]
+    # the rope offsets it leaves on the model do not leak into the next call
+    assert defender.generate(images, PROMPTS, max_new_tokens=5) == greedy_before
