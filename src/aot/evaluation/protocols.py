@@ -7,13 +7,13 @@ every row of a record table and scores the replies.
 * ``protocol="strict"`` (§6.1 of the method notes): up to ``trials`` queries per row; a row is
   correct only if *every* trial is correct, and its replies stop at its first wrong trial.
   With ``temperature > 0`` the trials are samples, drawn in one ``generate`` call per chunk
-  (``n=trials``, i.e. ``num_return_sequences``): one processor pass and one decoding loop
-  instead of one per trial, 26 to 31% less time than asking trial by trial
-  (``benchmarks/results/strict_protocol.md``); the replies after a row's first wrong one are
-  dropped, so the output reads as if the trials had been asked one at a time. With
-  ``temperature == 0`` they are repeated greedy answers, asked trial by trial (identical for a
-  deterministic model, so the protocol then equals greedy at ``trials`` times the cost; the
-  paper used it at temperature 0 as a nondeterminism penalty of its vLLM server).
+  (``n=trials``): one processor pass, one prefill (``aot.defender.shared_prefill``) and one
+  decoding loop instead of one per trial, 0.46 of the time of asking trial by trial on the
+  evaluation's suites (``benchmarks/results/strict_protocol.md``); the replies after a row's
+  first wrong one are dropped, so the output reads as if the trials had been asked one at a
+  time. With ``temperature == 0`` they are repeated greedy answers, asked trial by trial
+  (identical for a deterministic model, so the protocol then equals greedy at ``trials`` times
+  the cost; the paper used it at temperature 0 as a nondeterminism penalty of its vLLM server).
 
 Scoring uses the training protocol (``aot.rewards.correct_first_reward`` in ``mode`` word or
 letter) unless an ``extractor`` (a callable, or a name in ``aot.evaluation.extraction``) is
