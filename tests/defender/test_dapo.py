@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -536,3 +537,42 @@ def test_a_short_dapo_run_raises_held_out_accuracy(tiny_defender_dir: Path, tmp_
     assert after >= before + 0.3, (before, after)
     assert after >= 0.8, (before, after)
     assert metrics["reward"].iloc[-5:].mean() > metrics["reward"].iloc[:5].mean()
+
+
+def test_rollouts_encode_each_prompt_once_and_train_the_same(
+    tiny_defender_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRL rolls out num_generations copies of each prompt; the rollout encodes each prompt once
+    (`sharing_group_prefill`) and the run trains exactly as with TRL's own generate."""
+    import aot.defender.dynamic_sampling as dynamic_sampling
+    import aot.defender.shared_prefill as shared_prefill
+
+    records, _ = _records(6)
+    colours = list(COLORS)[: len(records)]  # distinct images, so no two groups look alike
+    images = {
+        k: Image.new("RGB", (56, 56), c) for k, c in zip(records["image"], colours, strict=True)
+    }
+    config = _config(num_generations=4, groups_per_step=3, max_steps=2, dynamic_sampling=False)
+    groups: list[tuple[int, int]] = []
+    original = shared_prefill.generate_with_shared_prefill
+
+    def spy(model, inputs, n, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        groups.append((inputs["input_ids"].shape[0], n))
+        return original(model, inputs, n, **kwargs)
+
+    monkeypatch.setattr(shared_prefill, "generate_with_shared_prefill", spy)
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    shared, _ = train_defender_dapo(defender, records, images, config, tmp_path / "shared")
+    assert groups and all(g == (3, 4) for g in groups)  # 3 prompts x 4 rollouts, one prefill each
+
+    def unchanged(model, group):  # noqa: ANN001, ANN202
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(dynamic_sampling, "sharing_group_prefill", unchanged)
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    plain, _ = train_defender_dapo(defender, records, images, config, tmp_path / "plain")
+    first, second = _weights(shared.model), _weights(plain.model)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    before = _weights(Defender.from_pretrained(tiny_defender_dir).model)
+    assert any(not torch.equal(first[k], before[k]) for k in first)  # it did train

@@ -9,8 +9,15 @@ import torch
 from PIL import Image
 
 import aot.defender.model as defender_model
+import aot.defender.shared_prefill as shared_prefill
 from aot.defender import Defender
-from aot.defender.shared_prefill import can_share_prefill, generate_with_shared_prefill
+from aot.defender.shared_prefill import (
+    TOKEN_ALIGNED,
+    can_share_prefill,
+    generate_with_shared_prefill,
+    group_representatives,
+    sharing_group_prefill,
+)
 
 PROMPTS = ["What color is the circle?", "How many stars are there in the image?", "Where?"]
 
@@ -67,3 +74,42 @@ def test_defender_samples_through_it_and_greedy_after_is_unchanged(
     assert calls == [4] and [len(a) for a in sampled] == [4, 4, 4]
     # the rope offsets it leaves on the model do not leak into the next call
     assert defender.generate(images, PROMPTS, max_new_tokens=5) == greedy_before
+
+
+def test_group_prefill_matches_generate_on_repeated_prompts(
+    tiny_defender_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRL's rollout layout: each prompt repeated side by side, generated in one batch."""
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    model, inputs = defender.model.eval(), _inputs(defender)
+    sizes = inputs["image_grid_thw"].prod(-1).tolist()
+    chunks = inputs["pixel_values"].split(sizes)
+    repeated = {k: inputs[k].repeat_interleave(4, dim=0) for k in TOKEN_ALIGNED}
+    repeated["image_grid_thw"] = inputs["image_grid_thw"].repeat_interleave(4, dim=0)
+    repeated["pixel_values"] = torch.cat([c for c in chunks for _ in range(4)])
+    firsts = group_representatives(repeated, 4)
+    assert firsts is not None and all(torch.equal(firsts[k], inputs[k]) for k in inputs)
+    assert group_representatives(repeated, 3) is None  # 12 rows are not runs of 3 alike
+    prefilled: list[int] = []
+
+    def spy(model, inputs, n, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        prefilled.append(inputs["input_ids"].shape[0])
+        return generate_with_shared_prefill(model, inputs, n, **kwargs)
+
+    monkeypatch.setattr(shared_prefill, "generate_with_shared_prefill", spy)
+    kwargs = dict(max_new_tokens=6, do_sample=True, top_k=0, use_cache=True)
+    with torch.inference_mode():
+        torch.manual_seed(11)
+        plain = model.generate(**repeated, **kwargs)
+        torch.manual_seed(11)
+        with sharing_group_prefill(model, 4):
+            shared = model.generate(**repeated, **kwargs)
+            # a batch that is not made of runs of 4 goes to generate unchanged
+            torch.manual_seed(11)
+            alike = model.generate(**inputs, **kwargs)
+        torch.manual_seed(11)
+        alike_plain = model.generate(**inputs, **kwargs)
+    assert "generate" not in vars(model)  # unpatched after the block
+    assert prefilled == [3]  # the three distinct prompts encoded once, not twelve times
+    assert torch.equal(shared, plain)
+    assert torch.equal(alike, alike_plain)

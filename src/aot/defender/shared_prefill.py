@@ -13,11 +13,17 @@ Qwen2.5-VL's multimodal rope offsets that this forward stores on the model, are 
 ``n`` times per row (each prompt's copies adjacent, as ``num_return_sequences`` lays them out);
 then ``generate`` runs on the repeated prompts with that cache, so it only feeds the last prompt
 token before decoding. Models without Qwen2.5-VL's ``rope_deltas`` take the plain path.
+
+TRL's GRPO rollouts (DAPO) put each prompt ``num_generations`` times side by side in one
+``generate`` call; `sharing_group_prefill` finds those runs and encodes each prompt once, with
+the same completions (rollouts 2.06x raw ``generate`` on the same rows,
+`benchmarks/results/dapo.md`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -49,11 +55,17 @@ def can_share_prefill(model: Any, inputs: Mapping[str, Any], n: int) -> bool:
 
 @torch.inference_mode()
 def generate_with_shared_prefill(
-    model: Any, inputs: Mapping[str, torch.Tensor], n: int, **gen_kwargs: Any
+    model: Any,
+    inputs: Mapping[str, torch.Tensor],
+    n: int,
+    *,
+    generate: Callable[..., Any] | None = None,
+    **gen_kwargs: Any,
 ) -> torch.Tensor:
     """``model.generate(**inputs, num_return_sequences=n, **gen_kwargs)`` with each prompt's
     prefill computed once; returns the same layout: ``n`` adjacent rows per prompt, prompt
-    tokens first. Check `can_share_prefill` first."""
+    tokens first. Check `can_share_prefill` first. ``generate``: the decoding call to use
+    (default ``model.generate``; `sharing_group_prefill` passes the unpatched one)."""
     owner = rope_owner(model)
     aligned = {k: v for k, v in inputs.items() if k in TOKEN_ALIGNED}
     per_image = {k: v for k, v in inputs.items() if k not in TOKEN_ALIGNED}
@@ -72,4 +84,62 @@ def generate_with_shared_prefill(
     owner.rope_deltas = owner.rope_deltas.repeat_interleave(n, dim=0)
     repeated = {k: v.repeat_interleave(n, dim=0) for k, v in aligned.items()}
     gen_kwargs = {**gen_kwargs, "num_return_sequences": 1}
-    return model.generate(**repeated, past_key_values=cache, **gen_kwargs)
+    return (generate or model.generate)(**repeated, past_key_values=cache, **gen_kwargs)
+
+
+def group_representatives(inputs: Mapping[str, Any], group: int) -> dict[str, torch.Tensor] | None:
+    """The first row of each run of ``group`` identical adjacent prompts (same tokens, same
+    image patches), or None when ``inputs`` is not made of such runs, one image per prompt."""
+    ids, grid, pixels = (inputs.get(k) for k in ("input_ids", "image_grid_thw", "pixel_values"))
+    if group < 2 or ids is None or grid is None or pixels is None:
+        return None
+    rows = ids.shape[0]
+    known = {*TOKEN_ALIGNED, "image_grid_thw", "pixel_values"}
+    if (
+        rows % group
+        or grid.shape[0] != rows
+        or any(isinstance(v, torch.Tensor) and k not in known for k, v in inputs.items())
+    ):
+        return None
+    aligned = {k: inputs[k] for k in TOKEN_ALIGNED if k in inputs}
+    for tensor in aligned.values():
+        runs = tensor.reshape(rows // group, group, -1)
+        if not torch.equal(runs, runs[:, :1].expand_as(runs)):
+            return None
+    chunks = pixels.split(grid.prod(-1).tolist())
+    firsts = range(0, rows, group)
+    if any(not torch.equal(chunks[i], chunks[i + j]) for i in firsts for j in range(1, group)):
+        return None
+    return {k: v[::group] for k, v in aligned.items()} | {
+        "image_grid_thw": grid[::group],
+        "pixel_values": torch.cat([chunks[i] for i in firsts]),
+    }
+
+
+@contextmanager
+def sharing_group_prefill(model: Any, group: int) -> Iterator[None]:
+    """Within the block, ``model.generate`` on a batch made of runs of ``group`` identical
+    adjacent prompts encodes each run's prompt once (`generate_with_shared_prefill`).
+
+    For TRL's GRPO rollouts, which repeat each prompt ``num_generations`` times side by side and
+    call ``generate`` on the whole batch. Any other batch goes to ``generate`` unchanged.
+    """
+    original = model.generate
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        tensors = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+        firsts = None if args else group_representatives(tensors, group)
+        if firsts is None or not can_share_prefill(model, firsts, group):
+            return original(*args, **kwargs)
+        rest = {k: v for k, v in kwargs.items() if k not in tensors}
+        return generate_with_shared_prefill(model, firsts, group, generate=original, **rest)
+
+    patched_before = "generate" in vars(model)  # already an instance attribute: restore it
+    model.generate = generate
+    try:
+        yield
+    finally:
+        if patched_before:
+            model.generate = original
+        else:
+            del model.generate
