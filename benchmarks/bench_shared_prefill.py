@@ -18,18 +18,16 @@ from contextlib import nullcontext
 from pathlib import Path
 from unittest import mock
 
-import pandas as pd
 import torch
 from PIL import Image
 
 from aot.defender import Defender
 from aot.rewards import build_prompt
+from attacked_suite import load_attacked_suite
 from report_notes import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_shared_prefill")
-DEFENDER = ROOT / "data/06_models/defender_sft"
-EVALUATION = ROOT / "data/07_model_output/evaluation"
 
 
 def answer(defender: Defender, images: list, prompts: list[str], n: int, shared: bool) -> list:
@@ -58,13 +56,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/shared_prefill.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    suites_file = EVALUATION / "suites.parquet"
-    if not suites_file.is_file() or not DEFENDER.is_dir():
-        raise SystemExit(f"needs {suites_file} and {DEFENDER}: run `dvc repro evaluation` first")
-    defender = Defender.from_pretrained(DEFENDER)
-    suites = pd.read_parquet(suites_file)
-    rows = suites[suites["suite"].str.startswith("attacked_")].head(args.rows)
-    files = {p.stem: p for p in (EVALUATION / "suite_images").glob("*.png")}
+    defender, rows, files = load_attacked_suite(args.rows)
     images = [Image.open(files[k]).convert("RGB") for k in rows["image"]]
     prompts = [
         build_prompt(q, list(o), mode="word")

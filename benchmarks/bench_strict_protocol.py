@@ -25,12 +25,11 @@ from PIL import Image
 from aot.defender import Defender
 from aot.defender.image_cache import BoundedCache
 from aot.evaluation.protocols import DecodedImages, answer_table, ask, score_rows, table_prompts
+from attacked_suite import load_attacked_suite
 from report_notes import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_strict_protocol")
-DEFENDER = ROOT / "data/06_models/defender_sft"
-EVALUATION = ROOT / "data/07_model_output/evaluation"
 
 
 def trial_by_trial(
@@ -75,17 +74,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/strict_protocol.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    suites_file = EVALUATION / "suites.parquet"
-    if not suites_file.is_file() or not DEFENDER.is_dir():
-        raise SystemExit(f"needs {suites_file} and {DEFENDER}: run `dvc repro evaluation` first")
-    defender = Defender.from_pretrained(DEFENDER)
-    suites = pd.read_parquet(suites_file)
-    rows = suites[suites["suite"].str.startswith("attacked_")].head(args.rows)
-    rows = rows.reset_index(drop=True)
-    files = {p.stem: p for p in (EVALUATION / "suite_images").glob("*.png")}
-    missing = sorted(set(rows["image"]) - set(files))
-    if missing:
-        raise SystemExit(f"suite image {missing[0]!r} is missing under {EVALUATION}")
+    defender, rows, files = load_attacked_suite(args.rows)
     loaders = {k: (lambda p=p: Image.open(p)) for k, p in files.items()}
     seconds: dict[str, list[float]] = {"per trial": [], "one call": []}
     accuracy: dict[str, list[float]] = {"per trial": [], "one call": []}
