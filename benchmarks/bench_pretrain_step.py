@@ -29,7 +29,6 @@ import torch
 from transformers import TrainerCallback
 
 from aot.defender.sft import (
-    TOKEN_READOUTS,
     DefenderSFTConfig,
     DenseCollator,
     _dataset,
@@ -112,8 +111,8 @@ def part_seconds(defender: Any, examples: list, batch_size: int, repeats: int = 
     for _ in range(repeats):
         batch = collator([dict(r) for r in rows])
     collate = (time.perf_counter() - start) / repeats
-    for name in ("dense", *TOKEN_READOUTS):
-        batch.pop(f"{name}_targets")
+    batch.pop("dense_targets")
+    batch.pop("grounding_targets")
     model = defender.model.train()
     model(**batch).loss.backward()  # warm-up
     start = time.perf_counter()

@@ -170,15 +170,15 @@ def test_the_grounding_loss_reaches_the_vision_tower_through_the_lm(
         "data_collator": collator,
     }
     with pytest.raises(ValueError, match="past the Defender's"):
-        DenseSFTTrainer(**common, readouts={"grounding": (1.0, 99)})
-    trainer = DenseSFTTrainer(**common, dense_weight=0.0, readouts={"grounding": (1.0, 1)})
+        DenseSFTTrainer(**common, grounding_weight=1.0, grounding_layer=99)
+    trainer = DenseSFTTrainer(**common, dense_weight=0.0, grounding_weight=1.0, grounding_layer=1)
     trainer.create_optimizer()
-    head = set(map(id, trainer.readout_heads["grounding"].parameters()))
+    head = set(map(id, trainer.grounding_head.parameters()))
     assert head <= {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     visual = defender.model.model.visual
     grads = []
     for weight in (0.0, 1.0):
-        trainer.readout_weights["grounding"] = weight
+        trainer.grounding_weight = weight
         defender.model.zero_grad()
         trainer.compute_loss(defender.model, collator([dict(r) for r in rows])).backward()
         grads.append(torch.cat([p.grad.flatten() for p in visual.parameters()]))

@@ -78,39 +78,6 @@ def question_targets(scene: Scene, spec: dict[str, Any] | str) -> np.ndarray | N
     return labels
 
 
-RELATION_LABELS: tuple[str, ...] = ("other", "left", "right", "above", "below", "reference")
-
-
-def relation_targets(scene: Scene, spec: dict[str, Any] | str) -> np.ndarray | None:
-    """(tokens,) labels for a spatial question: where each image token lies from its reference.
-
-    The reference `b`'s token is "reference"; a token in its row is "left" or "right" of it, one
-    in its column "above" or "below"; the rest "other". The target `a`'s token thus carries the
-    answer, and every token of the row and column one more example of the same comparison, so a
-    step teaches a relation many times over instead of once per answer token. None for other
-    families and for a spec without a defined answer.
-    """
-    spec = json.loads(spec) if isinstance(spec, str) else spec
-    if spec.get("family") != "spatial":
-        return None
-    try:
-        _, (x0, y0, x1, y1) = target_boxes(scene, spec)
-    except (UndefinedAnswer, KeyError):
-        return None
-    rows, cols = scene.height // TOKEN_PIXELS, scene.width // TOKEN_PIXELS
-    ref_row = min(((y0 + y1) // 2) // TOKEN_PIXELS, rows - 1)
-    ref_col = min(((x0 + x1) // 2) // TOKEN_PIXELS, cols - 1)
-    row, col = np.divmod(np.arange(rows * cols), cols)
-    labels = np.zeros(rows * cols, dtype=np.int64)
-    same_row, same_col = row == ref_row, col == ref_col
-    labels[same_row & (col < ref_col)] = RELATION_LABELS.index("left")
-    labels[same_row & (col > ref_col)] = RELATION_LABELS.index("right")
-    labels[same_col & (row < ref_row)] = RELATION_LABELS.index("above")
-    labels[same_col & (row > ref_row)] = RELATION_LABELS.index("below")
-    labels[same_row & same_col] = RELATION_LABELS.index("reference")
-    return labels
-
-
 class LayerTap:
     """Captures the hidden states one LM decoder layer outputs (the question-grounding loss)."""
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aot.defender.dense import dense_targets, question_targets, relation_targets
+from aot.defender.dense import dense_targets, question_targets
 from aot.defender.sft import SFTExample
 from aot.rewards import PromptStyle, make_prompt, target_completion
 from aot.world import FAMILIES, Edit, Scene, apply_edit
@@ -86,19 +86,8 @@ def world_examples(
                 if dense is not None and chosen[0].get("spec")
                 else None
             )
-            relation = (
-                relation_targets(graphs[key], chosen[0]["spec"])
-                if dense is not None and chosen[0].get("spec")
-                else None
-            )
             out.append(
-                SFTExample(
-                    image=image,
-                    turns=conversation,
-                    dense=dense,
-                    grounding=grounding,
-                    relation=relation,
-                )
+                SFTExample(image=image, turns=conversation, dense=dense, grounding=grounding)
             )
     return out
 

@@ -31,7 +31,6 @@ from aot.defender.dense import (
     DENSE_LABELS,
     DENSE_LOSSES,
     QUESTION_LABELS,
-    RELATION_LABELS,
     LayerTap,
     VisionTap,
     dense_grounding_loss,
@@ -54,8 +53,6 @@ class SFTExample:
     dense: np.ndarray | None = None  # (image tokens, len(DENSE_LABELS)) or None for non-world data
     # (image tokens,) aot.defender.dense.question_targets of the first turn's question, or None
     grounding: np.ndarray | None = None
-    # (image tokens,) aot.defender.dense.relation_targets of the first turn's question, or None
-    relation: np.ndarray | None = None
 
     def messages(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -79,8 +76,6 @@ class DefenderSFTConfig:
     dense_loss: str = "softmax"  # aot.defender.dense.DENSE_LOSSES
     grounding_weight: float = 0.0  # question grounding (aot.defender.dense.question_targets)
     grounding_layer: int = 2  # the LM layer whose image-token outputs are read out for it
-    relation_weight: float = 0.0  # spatial relations (aot.defender.dense.relation_targets)
-    relation_layer: int = 3  # ... read out after this LM layer
     lora: dict[str, Any] | None = None
     freeze_vision: bool = False
     time_budget_s: float | None = None
@@ -111,12 +106,9 @@ class DefenderSFTConfig:
             raise ValueError(
                 f"{prefix}.grounding_weight must be >= 0, got {config.grounding_weight}"
             )
-        if config.relation_weight < 0:
-            raise ValueError(f"{prefix}.relation_weight must be >= 0, got {config.relation_weight}")
-        for name in ("grounding_layer", "relation_layer"):
-            layer = getattr(config, name)
-            if not isinstance(layer, int) or isinstance(layer, bool) or layer < 1:
-                raise ValueError(f"{prefix}.{name} must be an integer >= 1, got {layer!r}")
+        layer = config.grounding_layer
+        if not isinstance(layer, int) or isinstance(layer, bool) or layer < 1:
+            raise ValueError(f"{prefix}.grounding_layer must be an integer >= 1, got {layer!r}")
         if config.dense_loss not in DENSE_LOSSES:
             raise ValueError(
                 f"{prefix}.dense_loss must be one of {DENSE_LOSSES}, got {config.dense_loss!r}"
@@ -170,10 +162,7 @@ class DenseCollator(DataCollatorForVisionLanguageModeling):
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         dense = [np.asarray(e.pop("dense"), dtype=np.float32) for e in examples]
-        readouts = {
-            name: [np.asarray(e.pop(name, []), dtype=np.int64) for e in examples]
-            for name in TOKEN_READOUTS
-        }
+        grounding = [np.asarray(e.pop("grounding", []), dtype=np.int64) for e in examples]
         for e in examples:
             e.pop("has_dense", None)
         with vectorised_assistant_masks(self.processor):
@@ -183,36 +172,27 @@ class DenseCollator(DataCollatorForVisionLanguageModeling):
             np.concatenate([d.reshape(-1, width) for d in dense])
         )
         image_tokens = (batch["input_ids"] == self.processor.image_token_id).sum(dim=1).tolist()
-        for name, per_example in readouts.items():
-            rows = []
-            for targets, n in zip(per_example, image_tokens, strict=True):
-                if targets.size == 0:
-                    targets = np.full(n, -1, dtype=np.int64)
-                elif targets.size != n:
-                    raise ValueError(
-                        f"{name} targets cover {targets.size} image tokens, the image has {n}"
-                    )
-                rows.append(targets)
-            batch[f"{name}_targets"] = torch.from_numpy(np.concatenate(rows))
+        rows = []
+        for targets, n in zip(grounding, image_tokens, strict=True):
+            if targets.size == 0:
+                targets = np.full(n, -1, dtype=np.int64)
+            elif targets.size != n:
+                raise ValueError(
+                    f"question grounding targets cover {targets.size} image tokens, the image "
+                    f"has {n}"
+                )
+            rows.append(targets)
+        batch["grounding_targets"] = torch.from_numpy(np.concatenate(rows))
         return batch
 
 
-# Token readouts: (image tokens,) class targets read by a linear head from one LM layer's outputs.
-TOKEN_READOUTS: dict[str, tuple[str, ...]] = {
-    "grounding": QUESTION_LABELS,
-    "relation": RELATION_LABELS,
-}
-
-
 class DenseSFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss adds the dense grounding and the token readout losses (TRL has none).
+    """SFTTrainer whose loss adds the dense and the question grounding losses (TRL has neither).
 
-    `dense_weight` x the dense grounding loss; for each token readout in `readouts` (name ->
-    (weight, LM layer)), weight x the cross-entropy of a linear head (trained here and never
-    saved) that reads, from the image tokens' hidden states after that LM layer, the readout's
-    labels: `grounding`, which tokens hold what the question asks about
-    (`aot.defender.dense.question_targets`), and `relation`, where each token lies from a
-    spatial question's reference (`relation_targets`). -1 marks examples without targets.
+    `dense_weight` x the dense grounding loss, and `grounding_weight` x the cross-entropy of a
+    linear head (`grounding_head`, trained here and never saved) that reads, from the image
+    tokens' hidden states after LM layer `grounding_layer`, which tokens hold what the question
+    asks about (`aot.defender.dense.question_targets`; -1 marks examples without targets).
     """
 
     def __init__(
@@ -220,53 +200,56 @@ class DenseSFTTrainer(SFTTrainer):
         *args: Any,
         dense_weight: float = 1.0,
         dense_loss: str = "softmax",
-        readouts: dict[str, tuple[float, int]] | None = None,
+        grounding_weight: float = 0.0,
+        grounding_layer: int = 2,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.dense_weight = dense_weight
         self.dense_loss = dense_loss
+        self.grounding_weight = grounding_weight
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         self._tap = VisionTap(base)
         self._lm_head = base.lm_head
         self._columns, self._label_of_column = dense_readout(self.processing_class.tokenizer)
         self._image_token_id = base.config.image_token_id
-        self.readout_weights: dict[str, float] = {}
-        self.readout_heads: dict[str, torch.nn.Linear] = {}
-        self._readout_taps: dict[str, LayerTap] = {}
-        self._heads_in_optimizer = False
-        layers = base.model.language_model.layers
-        hidden = base.config.text_config.hidden_size
-        for name, (weight, layer) in (readouts or {}).items():
-            if weight <= 0:
-                continue
-            if layer > len(layers):
+        self._layer_tap: LayerTap | None = None
+        self.grounding_head: torch.nn.Linear | None = None
+        self._head_in_optimizer = False
+        if grounding_weight > 0:
+            layers = base.model.language_model.layers
+            if grounding_layer > len(layers):
                 raise ValueError(
-                    f"{name}_layer {layer} is past the Defender's {len(layers)} LM layers"
+                    f"grounding_layer {grounding_layer} is past the Defender's {len(layers)} "
+                    "LM layers"
                 )
-            self.readout_weights[name] = weight
-            self.readout_heads[name] = torch.nn.Linear(hidden, len(TOKEN_READOUTS[name])).to(
-                base.device
-            )
-            self._readout_taps[name] = LayerTap(layers[layer - 1])
+            self._layer_tap = LayerTap(layers[grounding_layer - 1])
+            hidden = base.config.text_config.hidden_size
+            self.grounding_head = torch.nn.Linear(hidden, len(QUESTION_LABELS)).to(base.device)
 
     def create_optimizer(self):  # noqa: ANN201
-        """TRL's optimizer, plus the readout heads' parameters in a group of their own."""
+        """TRL's optimizer, plus the grounding head's parameters in a group of their own."""
         optimizer = super().create_optimizer()
-        if self.readout_heads and not self._heads_in_optimizer:
-            params = [p for head in self.readout_heads.values() for p in head.parameters()]
-            optimizer.add_param_group({"params": params, "weight_decay": 0.0})
-            self._heads_in_optimizer = True
+        if self.grounding_head is not None and not self._head_in_optimizer:
+            optimizer.add_param_group(
+                {"params": list(self.grounding_head.parameters()), "weight_decay": 0.0}
+            )
+            self._head_in_optimizer = True
         return optimizer
+
+    def _grounding_loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        hidden = self._layer_tap.hidden[input_ids == self._image_token_id]
+        logits = self.grounding_head(hidden)
+        return torch.nn.functional.cross_entropy(logits, targets.to(logits.device), ignore_index=-1)
 
     def remove_taps(self) -> None:
         self._tap.remove()
-        for tap in self._readout_taps.values():
-            tap.remove()
+        if self._layer_tap is not None:
+            self._layer_tap.remove()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         targets = inputs.pop("dense_targets", None)
-        readout_targets = {name: inputs.pop(f"{name}_targets", None) for name in TOKEN_READOUTS}
+        grounding = inputs.pop("grounding_targets", None)
         input_ids = inputs["input_ids"]
         # Never ask TRL for the outputs here: with return_outputs=True it runs a second forward
         # under no_grad, which costs a full pass and overwrites the tapped image tokens with
@@ -274,22 +257,22 @@ class DenseSFTTrainer(SFTTrainer):
         loss = super().compute_loss(
             model, inputs, return_outputs=False, num_items_in_batch=num_items_in_batch
         )
-        mode = "train" if model.training else "eval"
         if targets is not None and self.dense_weight > 0 and self._tap.tokens is not None:
             logits = self._lm_head(self._tap.tokens)[:, self._columns]
             dense = dense_grounding_loss(logits, targets, self._label_of_column, self.dense_loss)
             loss = loss + self.dense_weight * dense
+            mode = "train" if model.training else "eval"
             self._metrics[mode]["dense_loss"].append(float(dense.detach()))
-        for name, head in self.readout_heads.items():
-            wanted, hidden = readout_targets[name], self._readout_taps[name].hidden
-            if wanted is None or not bool((wanted >= 0).any()) or hidden is None:
-                continue
-            logits = head(hidden[input_ids == self._image_token_id])
-            readout = torch.nn.functional.cross_entropy(
-                logits, wanted.to(logits.device), ignore_index=-1
-            )
-            loss = loss + self.readout_weights[name] * readout
-            self._metrics[mode][f"{name}_loss"].append(float(readout.detach()))
+        if (
+            self.grounding_head is not None
+            and grounding is not None
+            and bool((grounding >= 0).any())
+            and self._layer_tap.hidden is not None
+        ):
+            question = self._grounding_loss(input_ids, grounding)
+            loss = loss + self.grounding_weight * question
+            mode = "train" if model.training else "eval"
+            self._metrics[mode]["grounding_loss"].append(float(question.detach()))
         if return_outputs:  # only the deprecated compute_metrics path asks; it gets TRL's outputs
             with torch.no_grad():
                 return loss, model(**inputs)
@@ -340,13 +323,10 @@ def _dataset(examples: Sequence[SFTExample], n_tokens: int) -> Dataset:
                 for e in examples
             ],
             # empty: no question targets (the collator fills -1, ignored, for its image tokens)
-            **{
-                name: [
-                    np.asarray(getattr(e, name) if getattr(e, name) is not None else [], np.int64)
-                    for e in examples
-                ]
-                for name in TOKEN_READOUTS
-            },
+            "grounding": [
+                np.asarray(e.grounding if e.grounding is not None else [], np.int64)
+                for e in examples
+            ],
         }
     )
     table.set_transform(partial(_attach_images, images=images))
@@ -358,7 +338,7 @@ def _attach_images(batch: dict[str, list], images: Sequence[Image.Image]) -> dic
         "images": [[images[k]] for k in batch["image_key"]],
         "messages": batch["messages"],
         "dense": batch["dense"],
-        **{name: batch[name] for name in TOKEN_READOUTS},
+        "grounding": batch["grounding"],
     }
 
 
@@ -438,10 +418,8 @@ def train_defender_sft(
         peft_config=peft_config,
         dense_weight=config.dense_weight,
         dense_loss=config.dense_loss,
-        readouts={
-            "grounding": (config.grounding_weight, config.grounding_layer),
-            "relation": (config.relation_weight, config.relation_layer),
-        },
+        grounding_weight=config.grounding_weight,
+        grounding_layer=config.grounding_layer,
         callbacks=[TimeBudget(config.time_budget_s), *callbacks],
     )
     start = time.perf_counter()
@@ -473,8 +451,8 @@ def evaluate_loss(
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
         batch = collator([dict(r) for r in rows[start : start + batch_size]])
-        for name in ("dense", *TOKEN_READOUTS):
-            batch.pop(f"{name}_targets")
+        batch.pop("dense_targets")
+        batch.pop("grounding_targets")
         batch = {k: v.to(defender.device) for k, v in batch.items()}
         labels = batch["labels"]
         n = int((labels[:, 1:] != -100).sum())
