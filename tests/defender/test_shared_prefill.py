@@ -14,6 +14,7 @@ from aot.defender import Defender
 from aot.defender.shared_prefill import (
     TOKEN_ALIGNED,
     can_share_prefill,
+    generate_greedy_and_sampled,
     generate_with_shared_prefill,
     group_representatives,
     sharing_group_prefill,
@@ -113,3 +114,46 @@ def test_group_prefill_matches_generate_on_repeated_prompts(
     assert prefilled == [3]  # the three distinct prompts encoded once, not twelve times
     assert torch.equal(shared, plain)
     assert torch.equal(alike, alike_plain)
+
+
+def test_greedy_and_sampled_from_one_prefill_match_the_two_calls(tiny_defender_dir: Path) -> None:
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    model, inputs = defender.model.eval(), _inputs(defender)
+    common = dict(max_new_tokens=6, use_cache=True, output_logits=True)
+    common |= dict(return_dict_in_generate=True)
+    greedy_kwargs = common | dict(do_sample=False)
+    sample_kwargs = common | dict(do_sample=True, top_k=0, num_return_sequences=3)
+    with torch.inference_mode():
+        torch.manual_seed(5)
+        plain_greedy = model.generate(**inputs, **greedy_kwargs)
+        torch.manual_seed(5)
+        plain_sampled = model.generate(**inputs, **sample_kwargs)
+        torch.manual_seed(5)
+        greedy, sampled = generate_greedy_and_sampled(
+            model, inputs, 3, greedy_kwargs=greedy_kwargs, sample_kwargs=sample_kwargs
+        )
+    assert torch.equal(greedy.sequences, plain_greedy.sequences)
+    assert torch.equal(sampled.sequences, plain_sampled.sequences)
+    assert sampled.sequences.shape[0] == 9 and greedy.sequences.shape[0] == 3
+    torch.testing.assert_close(
+        torch.stack(sampled.logits), torch.stack(plain_sampled.logits), rtol=1e-4, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_defender_greedy_first_adds_the_greedy_answer_to_the_same_samples(
+    tiny_defender_dir: Path, monkeypatch: pytest.MonkeyPatch, shared: bool
+) -> None:
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    images = [Image.new("RGB", (112, 112), c) for c in ("red", "blue", "green")]
+    greedy = defender.generate(images, PROMPTS, max_new_tokens=5)
+    sampled = defender.generate(images, PROMPTS, n=2, temperature=1.0, max_new_tokens=5, seed=3)
+    if not shared:  # e.g. a model without Qwen2.5-VL's rope offsets: two generate calls
+        monkeypatch.setattr(defender_model, "can_share_prefill", lambda *a: False)
+    both = defender.generate(
+        images, PROMPTS, n=2, temperature=1.0, max_new_tokens=5, seed=3, greedy_first=True
+    )
+    assert both == [g + s for g, s in zip(greedy, sampled, strict=True)]
+    assert len({tuple(a) for a in sampled}) > 1  # the samples are not all one answer
+    with pytest.raises(ValueError, match="greedy_first"):
+        defender.generate(images, PROMPTS, greedy_first=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aot.evaluation.protocols import answer_table
+from aot.evaluation.protocols import answer_table, answer_tables
 from aot.rewards import build_prompt
 
 RIGHT = {
@@ -140,3 +140,48 @@ def test_argument_errors(scripted, records, images) -> None:
         answer_table(Short(), records, images)
     with pytest.raises(KeyError, match="s9"):
         answer_table(defender, records.assign(image="s9"), images)
+
+
+class SeededDefender:
+    """Greedy: one fixed reply per question; samples: drawn from the call's seed. Offers
+    ``greedy_first`` like ``aot.defender.Defender`` when ``coupled``."""
+
+    def __init__(self, coupled: bool) -> None:
+        self.answers_greedy_first = coupled
+        self.calls: list[tuple[int, float, bool]] = []
+
+    def generate(
+        self, images, prompts, *, n=1, temperature=0.0, seed=None, greedy_first=False, **_
+    ):  # noqa: ANN001, ANN003, ANN201, E501
+        assert not greedy_first or self.answers_greedy_first
+        self.calls.append((n, temperature, greedy_first))
+        rng = np.random.default_rng(seed)
+        out = []
+        for prompt in prompts:
+            q = question_of(prompt)
+            greedy = WRONG[q] if "stars" in q else RIGHT[q]
+            draws = [RIGHT[q] if rng.random() < 0.7 else WRONG[q] for _ in range(n)]
+            out.append(
+                ([greedy] if greedy_first else []) + (draws if temperature > 0 else [greedy])
+            )
+        return out
+
+
+def test_greedy_and_strict_in_one_call_give_the_separate_answers(records, images) -> None:
+    many = pd.concat([records] * 5, ignore_index=True)
+    many["record_id"] = [f"r{i}" for i in range(len(many))]
+    coupled, separate = SeededDefender(coupled=True), SeededDefender(coupled=False)
+    settings = dict(protocols=("greedy", "strict"), batch_size=3, seed=4)
+    both = answer_tables(coupled, many, images, **settings)
+    apart = answer_tables(separate, many, images, **settings)
+    chunks = -(-len(many) // 3)
+    assert coupled.calls == [(3, 1.0, True)] * chunks  # one call per chunk for both protocols
+    assert separate.calls == [(1, 0.0, False)] * chunks + [(3, 1.0, False)] * chunks
+    for protocol in ("greedy", "strict"):
+        pd.testing.assert_frame_equal(both[protocol], apart[protocol])
+        one = answer_table(
+            SeededDefender(coupled=True), many, images, protocol=protocol, seed=4, batch_size=3
+        )
+        pd.testing.assert_frame_equal(both[protocol], one)
+    assert both["greedy"]["correct"].tolist() != both["strict"]["correct"].tolist()
+    assert both["greedy"]["trials"].eq(1).all() and both["strict"]["trials"].max() == 3

@@ -16,7 +16,11 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from aot.defender.image_cache import cached_image_features
-from aot.defender.shared_prefill import can_share_prefill, generate_with_shared_prefill
+from aot.defender.shared_prefill import (
+    can_share_prefill,
+    generate_greedy_and_sampled,
+    generate_with_shared_prefill,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,9 @@ class Defender:
 
     Works the same for the tiny default and for a real checkpoint such as Qwen2.5-VL-7B-Instruct.
     """
+
+    # `generate(..., greedy_first=True)` exists (the evaluation asks for it when it can).
+    answers_greedy_first = True
 
     def __init__(self, model: Any, processor: Any) -> None:
         self.model = model
@@ -148,12 +155,17 @@ class Defender:
         batch_size: int = 16,
         seed: int | None = None,
         progress: bool = False,
+        greedy_first: bool = False,
     ) -> list[list[str]]:
         """Answers each (image, prompt) pair `n` times; greedy when temperature is 0.
 
         Returns one list of `n` decoded answers per prompt. Uses the KV cache and batches of
         `batch_size` prompts (each expanded to `n` sequences when sampling, after its prompt is
         encoded once: `aot.defender.shared_prefill`).
+
+        ``greedy_first`` (sampling only): each list starts with a greedy answer, then the `n`
+        samples (`n + 1` in all), from the same processor pass and prefill; the samples are
+        the ones the call without it draws.
         """
         if len(images) != len(prompts):
             raise ValueError(f"generate: {len(images)} images but {len(prompts)} prompts")
@@ -162,16 +174,18 @@ class Defender:
         sample = temperature > 0
         if not sample and n > 1:
             raise ValueError("generate: n > 1 needs temperature > 0 (greedy answers are identical)")
+        if greedy_first and not sample:
+            raise ValueError("generate: greedy_first needs temperature > 0 (samples to follow)")
         if seed is not None:
             torch.manual_seed(seed)
         self.model.eval()
-        gen_kwargs: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens, use_cache=True, num_return_sequences=n
-        )
+        common: dict[str, Any] = dict(max_new_tokens=max_new_tokens, use_cache=True)
+        greedy_kwargs = common | dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        gen_kwargs = common | dict(num_return_sequences=n)
         if sample:
             gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
         else:
-            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            gen_kwargs.update(greedy_kwargs)
         answers: list[list[str]] = []
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc="answering", disable=not progress, unit="batch"):
@@ -186,14 +200,27 @@ class Defender:
                 inputs = self.processor(
                     images=batch_images, text=texts, padding=True, return_tensors="pt"
                 ).to(self.device)
-                if can_share_prefill(self.model, inputs, n):
-                    output = generate_with_shared_prefill(self.model, inputs, n, **gen_kwargs)
+                greedy = None
+                if greedy_first and can_share_prefill(self.model, inputs, n + 1):
+                    greedy, output = generate_greedy_and_sampled(
+                        self.model, inputs, n, greedy_kwargs=greedy_kwargs, sample_kwargs=gen_kwargs
+                    )
                 else:
-                    output = self.model.generate(**inputs, **gen_kwargs)
-                new_tokens = output[:, inputs["input_ids"].shape[1] :]
-                decoded = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
-                answers.extend(decoded[i : i + n] for i in range(0, len(decoded), n))
+                    if greedy_first:  # greedy decoding draws no random numbers
+                        greedy = self.model.generate(**inputs, **greedy_kwargs)
+                    if can_share_prefill(self.model, inputs, n):
+                        output = generate_with_shared_prefill(self.model, inputs, n, **gen_kwargs)
+                    else:
+                        output = self.model.generate(**inputs, **gen_kwargs)
+                decoded = self._decode(output, inputs)
+                firsts = self._decode(greedy, inputs) if greedy is not None else None
+                for row, i in enumerate(range(0, len(decoded), n)):
+                    answers.append(([firsts[row]] if firsts else []) + decoded[i : i + n])
         return answers
+
+    def _decode(self, output: torch.Tensor, inputs: Any) -> list[str]:
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
 
     @torch.inference_mode()
     def completion_probability(

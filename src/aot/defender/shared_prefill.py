@@ -18,10 +18,15 @@ TRL's GRPO rollouts (DAPO) put each prompt ``num_generations`` times side by sid
 ``generate`` call; `sharing_group_prefill` finds those runs and encodes each prompt once, with
 the same completions (rollouts 2.06x raw ``generate`` on the same rows,
 `benchmarks/results/dapo.md`).
+
+The evaluation asks each question greedily and under the strict protocol (3 samples);
+`generate_greedy_and_sampled` serves both from one prefill, the greedy decoding on a copy of
+the cache.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -53,19 +58,9 @@ def can_share_prefill(model: Any, inputs: Mapping[str, Any], n: int) -> bool:
     )
 
 
-@torch.inference_mode()
-def generate_with_shared_prefill(
-    model: Any,
-    inputs: Mapping[str, torch.Tensor],
-    n: int,
-    *,
-    generate: Callable[..., Any] | None = None,
-    **gen_kwargs: Any,
-) -> torch.Tensor:
-    """``model.generate(**inputs, num_return_sequences=n, **gen_kwargs)`` with each prompt's
-    prefill computed once; returns the same layout: ``n`` adjacent rows per prompt, prompt
-    tokens first. Check `can_share_prefill` first. ``generate``: the decoding call to use
-    (default ``model.generate``; `sharing_group_prefill` passes the unpatched one)."""
+def prefill(model: Any, inputs: Mapping[str, torch.Tensor]) -> tuple[DynamicCache, dict]:
+    """A ``DynamicCache`` filled with each prompt but its last token, and the token-aligned
+    inputs; Qwen2.5-VL's rope offsets are left on the model (`rope_owner`)."""
     owner = rope_owner(model)
     aligned = {k: v for k, v in inputs.items() if k in TOKEN_ALIGNED}
     per_image = {k: v for k, v in inputs.items() if k not in TOKEN_ALIGNED}
@@ -80,11 +75,68 @@ def generate_with_shared_prefill(
     )
     if owner.rope_deltas is None:
         raise RuntimeError("shared prefill: the model did not store its rope offsets")
-    cache.batch_repeat_interleave(n)
-    owner.rope_deltas = owner.rope_deltas.repeat_interleave(n, dim=0)
+    return cache, aligned
+
+
+def decode_from(
+    model: Any,
+    cache: DynamicCache,
+    aligned: Mapping[str, torch.Tensor],
+    rope_deltas: torch.Tensor,
+    n: int,
+    generate: Callable[..., Any] | None,
+    gen_kwargs: Mapping[str, Any],
+) -> torch.Tensor:
+    """``generate`` from a filled ``cache`` (changed in place), each prompt repeated ``n``
+    times (adjacent)."""
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+    rope_owner(model).rope_deltas = rope_deltas.repeat_interleave(n, dim=0)
     repeated = {k: v.repeat_interleave(n, dim=0) for k, v in aligned.items()}
     gen_kwargs = {**gen_kwargs, "num_return_sequences": 1}
     return (generate or model.generate)(**repeated, past_key_values=cache, **gen_kwargs)
+
+
+@torch.inference_mode()
+def generate_with_shared_prefill(
+    model: Any,
+    inputs: Mapping[str, torch.Tensor],
+    n: int,
+    *,
+    generate: Callable[..., Any] | None = None,
+    **gen_kwargs: Any,
+) -> torch.Tensor:
+    """``model.generate(**inputs, num_return_sequences=n, **gen_kwargs)`` with each prompt's
+    prefill computed once; returns the same layout: ``n`` adjacent rows per prompt, prompt
+    tokens first. Check `can_share_prefill` first. ``generate``: the decoding call to use
+    (default ``model.generate``; `sharing_group_prefill` passes the unpatched one)."""
+    cache, aligned = prefill(model, inputs)
+    deltas = rope_owner(model).rope_deltas
+    return decode_from(model, cache, aligned, deltas, n, generate, gen_kwargs)
+
+
+@torch.inference_mode()
+def generate_greedy_and_sampled(
+    model: Any,
+    inputs: Mapping[str, torch.Tensor],
+    n: int,
+    *,
+    greedy_kwargs: Mapping[str, Any],
+    sample_kwargs: Mapping[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A greedy answer and ``n`` samples per prompt from one prefill: (``generate`` with
+    ``greedy_kwargs``, ``generate_with_shared_prefill(..., n, **sample_kwargs)``) in one.
+
+    The evaluation asks every question greedily and under the strict protocol; this encodes
+    its prompt once for both. The greedy decoding runs on a copy of the cache and draws no
+    random numbers, so the samples are those a sampling-only call makes after the same
+    ``torch.manual_seed``.
+    """
+    cache, aligned = prefill(model, inputs)
+    deltas = rope_owner(model).rope_deltas
+    greedy = decode_from(model, copy.deepcopy(cache), aligned, deltas, 1, None, greedy_kwargs)
+    sampled = decode_from(model, cache, aligned, deltas, n, None, sample_kwargs)
+    return greedy, sampled
 
 
 def group_representatives(inputs: Mapping[str, Any], group: int) -> dict[str, torch.Tensor] | None:

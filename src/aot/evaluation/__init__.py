@@ -27,7 +27,7 @@ from aot.evaluation.extraction import (
 )
 from aot.evaluation.paired import attack_success
 from aot.evaluation.pope import pope_metrics, pope_rows
-from aot.evaluation.protocols import PROTOCOLS, answer_table
+from aot.evaluation.protocols import PROTOCOLS, answer_table, answer_tables
 from aot.evaluation.suites import aggregate_seeds, flatten_metrics, mean_and_spread, summarize
 from aot.evaluation.unseen import (
     UNSEEN_MANIPULATIONS,
@@ -48,6 +48,7 @@ __all__ = [
     "Manipulated",
     "aggregate_seeds",
     "answer_table",
+    "answer_tables",
     "attack_success",
     "apply_unseen",
     "colour_dependent",

@@ -15,6 +15,10 @@ every row of a record table and scores the replies.
   (identical for a deterministic model, so the protocol then equals greedy at ``trials`` times
   the cost; the paper used it at temperature 0 as a nondeterminism penalty of its vLLM server).
 
+``answer_tables`` answers under several protocols; greedy and sampled strict then come from
+one ``generate`` call per chunk when the Defender offers ``greedy_first`` (one processor pass
+and one prefill for both, the same answers).
+
 Scoring uses the training protocol (``aot.rewards.correct_first_reward`` in ``mode`` word or
 letter) unless an ``extractor`` (a callable, or a name in ``aot.evaluation.extraction``) is
 given: then ``extracted = extractor(response)`` and ``correct = extracted == answer``.
@@ -31,7 +35,7 @@ large benchmark images are never all in memory at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -131,8 +135,12 @@ def ask(
     seed: int,
     trial: int,
     n: int = 1,
+    greedy_first: bool = False,
 ) -> list[list[str]]:
-    """``n`` answers per (image key, prompt), asked in chunks of ``batch_size`` rows."""
+    """``n`` answers per (image key, prompt), asked in chunks of ``batch_size`` rows; with
+    ``greedy_first``, a greedy answer before them (``Defender.generate``'s option)."""
+    extra = {"greedy_first": True} if greedy_first else {}
+    expected = n + int(greedy_first)
     answers: list[list[str]] = []
     for chunk, start in enumerate(range(0, len(prompts), batch_size)):
         chunk_keys = keys[start : start + batch_size]
@@ -146,11 +154,12 @@ def ask(
             batch_size=batch_size,
             seed=chunk_seed(seed, trial, chunk),
             progress=False,
+            **extra,
         )
-        if len(out) != len(chunk_keys) or any(len(a) != n for a in out):
+        if len(out) != len(chunk_keys) or any(len(a) != expected for a in out):
             raise ValueError(
                 f"answer_table: the defender returned {len(out)} answer lists for "
-                f"{len(chunk_keys)} prompts (or a list without {n} answers)"
+                f"{len(chunk_keys)} prompts (or a list without {expected} answers)"
             )
         answers.extend(list(a) for a in out)
     return answers
@@ -192,36 +201,118 @@ def answer_table(
     (its extracted answer), ``correct`` (all trials right) and ``trials`` (how many count).
     ``temperature`` and ``trials`` are ignored by the greedy protocol.
     """
-    check_arguments(table, image_column, protocol, trials)
+    return answer_tables(
+        defender,
+        table,
+        images,
+        protocols=(protocol,),
+        image_column=image_column,
+        mode=mode,
+        trials=trials,
+        temperature=temperature,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        extractor=extractor,
+    )[protocol]
+
+
+def answer_tables(
+    defender: Any,
+    table: pd.DataFrame,
+    images: Mapping[str, Any],
+    *,
+    protocols: Sequence[str] = PROTOCOLS,
+    image_column: str = "image",
+    mode: str = "word",
+    trials: int = 3,
+    temperature: float = 1.0,
+    batch_size: int = 32,
+    max_new_tokens: int = 12,
+    seed: int = 0,
+    extractor: Extractor | str | None = None,
+) -> dict[str, pd.DataFrame]:
+    """``answer_table`` under each of ``protocols``, by protocol name.
+
+    Greedy and sampled strict together: a Defender whose ``answers_greedy_first`` is true
+    answers both in one ``generate`` call per chunk (one processor pass and one prefill:
+    ``aot.defender.shared_prefill.generate_greedy_and_sampled``); the answers are the ones
+    asking protocol by protocol gives.
+    """
+    for protocol in protocols:
+        check_arguments(table, image_column, protocol, trials)
     rows = table.reset_index(drop=True)
-    if protocol == "greedy":
-        trials, temperature = 1, 0.0
     scorer = resolve_extractor(extractor)
     prompts = table_prompts(rows, mode)
     keys = [str(k) for k in rows[image_column]]
+    asking = dict(batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed, trial=0)
+    sampled = "strict" in protocols and temperature > 0
+    greedy: list[list[str]] | None = None
+    drawn: list[list[str]] | None = None
+    if "greedy" in protocols and sampled and getattr(defender, "answers_greedy_first", False):
+        both = ask(
+            defender,
+            keys,
+            prompts,
+            images,
+            temperature=temperature,
+            n=trials,
+            greedy_first=True,
+            **asking,
+        )
+        greedy, drawn = [a[:1] for a in both], [a[1:] for a in both]
+    else:
+        if "greedy" in protocols:
+            greedy = ask(defender, keys, prompts, images, temperature=0.0, **asking)
+        if sampled:  # all trials in one call (module docstring)
+            drawn = ask(
+                defender, keys, prompts, images, temperature=temperature, n=trials, **asking
+            )
+    out = {}
+    for protocol in protocols:
+        if protocol == "greedy":
+            out[protocol] = score_trials(
+                rows, 1, lambda t, alive: [greedy[i][t] for i in alive], mode, scorer
+            )
+        elif drawn is not None:
+            out[protocol] = score_trials(
+                rows, trials, lambda t, alive: [drawn[i][t] for i in alive], mode, scorer
+            )
+        else:  # greedy trials, asked one by one (identical for a deterministic Defender)
+
+            def repeat(trial: int, alive: np.ndarray) -> list[str]:
+                sub_keys, sub_prompts = [keys[i] for i in alive], [prompts[i] for i in alive]
+                answers = ask(
+                    defender,
+                    sub_keys,
+                    sub_prompts,
+                    images,
+                    temperature=0.0,
+                    **(asking | {"trial": trial}),
+                )
+                return [a[0] for a in answers]
+
+            out[protocol] = score_trials(rows, trials, repeat, mode, scorer)
+    return out
+
+
+def score_trials(
+    rows: pd.DataFrame,
+    trials: int,
+    answers_at: Callable[[int, np.ndarray], list[str]],
+    mode: str,
+    scorer: Extractor | None,
+) -> pd.DataFrame:
+    """Up to ``trials`` answers per row (``answers_at(trial, rows still right)``), scored;
+    a row is right only if every trial is, and stops at its first wrong one."""
     responses: list[list[str]] = [[] for _ in range(len(rows))]
     extracted: list[str | None] = [None] * len(rows)
     correct = np.ones(len(rows), dtype=bool)
     alive = np.arange(len(rows))
-    asking = dict(
-        temperature=temperature, batch_size=batch_size, max_new_tokens=max_new_tokens, seed=seed
-    )
-    # Sampled trials all at once (module docstring); greedy ones cannot differ within a call.
-    drawn = (
-        ask(defender, keys, prompts, images, trial=0, n=trials, **asking)
-        if temperature > 0
-        else None
-    )
     for trial in range(trials):
         if alive.size == 0:
             break
-        if drawn is not None:
-            answers = [drawn[i][trial] for i in alive]
-        else:
-            sub_keys, sub_prompts = [keys[i] for i in alive], [prompts[i] for i in alive]
-            answers = [
-                a[0] for a in ask(defender, sub_keys, sub_prompts, images, trial=trial, **asking)
-            ]
+        answers = answers_at(trial, alive)
         found, ok = score_rows(rows.iloc[alive], answers, mode, scorer)
         for j, i in enumerate(alive):
             responses[i].append(answers[j])

@@ -17,7 +17,7 @@ from aot.defender import Defender
 from aot.defender.image_cache import BoundedCache
 from aot.evaluation import (
     UNSEEN_MANIPULATIONS,
-    answer_table,
+    answer_tables,
     apply_unseen,
     attack_success,
     flatten_metrics,
@@ -120,24 +120,23 @@ def answer_suites(
     """
     cache = BoundedCache(int(params.get("image_cache_mb", 1024)) * 2**20)
     pictures = DecodedImages({**images, **suite_images}, cache)
-    out = []
     # a scripted Defender (tests) has nothing to reuse
     reuse = defender.reusing_images(cache) if hasattr(defender, "reusing_images") else nullcontext()
     with reuse:
-        for protocol in params.get("protocols", ["greedy", "strict"]):
-            answered = answer_table(
-                defender,
-                suites,
-                pictures,
-                mode=params.get("answer_mode", "word"),
-                protocol=protocol,
-                trials=int(params.get("trials", 3)),
-                temperature=float(params.get("temperature", 1.0)),
-                batch_size=int(params.get("batch_size", 32)),
-                max_new_tokens=int(params.get("max_new_tokens", 12)),
-                seed=seed,
-            )
-            out.append(answered.assign(protocol=protocol))
+        protocols = list(params.get("protocols", ["greedy", "strict"]))
+        answered = answer_tables(
+            defender,
+            suites,
+            pictures,
+            protocols=protocols,
+            mode=params.get("answer_mode", "word"),
+            trials=int(params.get("trials", 3)),
+            temperature=float(params.get("temperature", 1.0)),
+            batch_size=int(params.get("batch_size", 32)),
+            max_new_tokens=int(params.get("max_new_tokens", 12)),
+            seed=seed,
+        )
+        out = [answered[p].assign(protocol=p) for p in protocols]
     logger.info(
         "Image cache: %d entries, %.0f of %.0f MB",
         len(cache),
