@@ -21,8 +21,7 @@ from aot.defender.sft import DenseCollator, _dataset, _image_tokens
 from bench_pretrain_step import load_inputs
 
 
-def run(m: Any, batches: list, label: str, rounds: int = 2) -> list[float]:
-    out = []
+def run(m: Any, batches: list, label: str, rounds: int = 2) -> None:
     for r in range(rounds):
         t = time.perf_counter()
         losses = []
@@ -33,13 +32,11 @@ def run(m: Any, batches: list, label: str, rounds: int = 2) -> list[float]:
             losses.append(float(loss))
         dt = (time.perf_counter() - t) / len(batches)
         print(f"{label} round {r}: {dt:.3f} s per batch, loss[0] {losses[0]:.6f}", flush=True)
-        out.append(dt)
-    return out
 
 
 def main() -> None:
     torch.set_num_threads(2)
-    defender, examples, trainer = load_inputs()
+    defender, examples, _ = load_inputs()
     random.seed(0)
     tokens = _image_tokens(defender, examples[0].image)
     collator = DenseCollator(processor=defender.processor, assistant_only_loss=True)

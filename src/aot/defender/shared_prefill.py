@@ -58,9 +58,11 @@ def can_share_prefill(model: Any, inputs: Mapping[str, Any], n: int) -> bool:
     )
 
 
-def prefill(model: Any, inputs: Mapping[str, torch.Tensor]) -> tuple[DynamicCache, dict]:
-    """A ``DynamicCache`` filled with each prompt but its last token, and the token-aligned
-    inputs; Qwen2.5-VL's rope offsets are left on the model (`rope_owner`)."""
+def prefill(
+    model: Any, inputs: Mapping[str, torch.Tensor]
+) -> tuple[DynamicCache, dict, torch.Tensor]:
+    """A ``DynamicCache`` filled with each prompt but its last token, the token-aligned inputs
+    and Qwen2.5-VL's rope offsets that the prefill stored (one row per prompt)."""
     owner = rope_owner(model)
     aligned = {k: v for k, v in inputs.items() if k in TOKEN_ALIGNED}
     per_image = {k: v for k, v in inputs.items() if k not in TOKEN_ALIGNED}
@@ -75,7 +77,7 @@ def prefill(model: Any, inputs: Mapping[str, torch.Tensor]) -> tuple[DynamicCach
     )
     if owner.rope_deltas is None:
         raise RuntimeError("shared prefill: the model did not store its rope offsets")
-    return cache, aligned
+    return cache, aligned, owner.rope_deltas
 
 
 def decode_from(
@@ -110,8 +112,7 @@ def generate_with_shared_prefill(
     prefill computed once; returns the same layout: ``n`` adjacent rows per prompt, prompt
     tokens first. Check `can_share_prefill` first. ``generate``: the decoding call to use
     (default ``model.generate``; `sharing_group_prefill` passes the unpatched one)."""
-    cache, aligned = prefill(model, inputs)
-    deltas = rope_owner(model).rope_deltas
+    cache, aligned, deltas = prefill(model, inputs)
     return decode_from(model, cache, aligned, deltas, n, generate, gen_kwargs)
 
 
@@ -132,8 +133,7 @@ def generate_greedy_and_sampled(
     random numbers, so the samples are those a sampling-only call makes after the same
     ``torch.manual_seed``.
     """
-    cache, aligned = prefill(model, inputs)
-    deltas = rope_owner(model).rope_deltas
+    cache, aligned, deltas = prefill(model, inputs)
     greedy = decode_from(model, copy.deepcopy(cache), aligned, deltas, 1, None, greedy_kwargs)
     sampled = decode_from(model, cache, aligned, deltas, n, None, sample_kwargs)
     return greedy, sampled

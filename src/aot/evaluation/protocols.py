@@ -184,37 +184,19 @@ def answer_table(
     table: pd.DataFrame,
     images: Mapping[str, Any],
     *,
-    image_column: str = "image",
-    mode: str = "word",
     protocol: Protocol = "greedy",
-    trials: int = 3,
-    temperature: float = 1.0,
-    batch_size: int = 32,
-    max_new_tokens: int = 12,
-    seed: int = 0,
-    extractor: Extractor | str | None = None,
+    **options: Any,
 ) -> pd.DataFrame:
-    """The table (index reset) plus the protocol's answers and scores.
+    """The table (index reset) plus the protocol's answers and scores; ``options`` are
+    `answer_tables`' (``image_column``, ``mode``, ``trials``, ``temperature``, ``batch_size``,
+    ``max_new_tokens``, ``seed``, ``extractor``).
 
     Added columns: ``responses`` (the replies up to the first wrong one, 1 to ``trials``),
     ``response`` (the decisive reply: the first wrong one, else the last), ``extracted``
     (its extracted answer), ``correct`` (all trials right) and ``trials`` (how many count).
     ``temperature`` and ``trials`` are ignored by the greedy protocol.
     """
-    return answer_tables(
-        defender,
-        table,
-        images,
-        protocols=(protocol,),
-        image_column=image_column,
-        mode=mode,
-        trials=trials,
-        temperature=temperature,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-        extractor=extractor,
-    )[protocol]
+    return answer_tables(defender, table, images, protocols=(protocol,), **options)[protocol]
 
 
 def answer_tables(
