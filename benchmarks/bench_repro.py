@@ -1,0 +1,132 @@
+"""Wall time and peak memory of `dvc repro` on a fresh clone, per stage, as a new user meets it.
+
+Run: `.venv/bin/python benchmarks/bench_repro.py [--target sft] [--cached STAGE ...]`.
+
+Clones the committed project (`git clone` of HEAD) into a temporary folder, links this
+checkout's `.venv` into it, and runs `dvc repro TARGET` there under `/usr/bin/time -v`, so
+nothing in this checkout's `data/` or DVC cache is touched. Each stage's time runs from DVC's
+"Running stage" line to the next one (or the end); the peak is the largest resident set of any
+process in the run.
+
+``--cached STAGE``: before the run, the clone fetches that stage's outputs from this checkout's
+DVC cache (used as a local remote) and checks them out, as after a `dvc pull` of that stage. The
+stages before it still run from nothing; when they come out byte-identical, DVC finds the cached
+stage up to date and skips it. Issue 3 allows the Defender's world pretraining to be "its own
+pipeline node whose output DVC caches, so it is trained once per parameter set":
+`--cached base_defender` measures bootstrap_dataset + sft with that node trained once before.
+
+Writes `benchmarks/results/repro_<target>[_cached_<stage>...].md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from report_notes import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "KEDRO_DISABLE_TELEMETRY": "true",
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+
+
+def stage_times(lines: list[tuple[float, str]], end: float) -> list[tuple[str, float]]:
+    """(stage, seconds) from timestamped `dvc repro` output lines, in the order stages ran."""
+    starts = []
+    for t, line in lines:
+        m = re.match(r"Running stage '([^']+)'", line)
+        if m:
+            starts.append((m.group(1), t))
+    bounds = [t for _, t in starts[1:]] + [end]
+    return [(name, stop - t) for (name, t), stop in zip(starts, bounds)]
+
+
+def peak_rss_gb(time_v: str) -> float:
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_v)
+    return int(m.group(1)) / 1024**2 if m else float("nan")
+
+
+def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
+    subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--target", default="sft", help="the dvc.yaml stage to reproduce")
+    parser.add_argument("--cached", nargs="*", default=[], help="stages restored from the cache")
+    parser.add_argument("--keep", action="store_true", help="keep the clone (its path is logged)")
+    args = parser.parse_args()
+
+    venv = ROOT / ".venv"
+    env = {**os.environ, **ENV, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+    work = Path(tempfile.mkdtemp(prefix="aot_repro_"))
+    clone = work / "aot"
+    try:
+        sh(["git", "clone", "-q", str(ROOT), str(clone)], work, env)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True
+        ).stdout.strip()
+        (clone / ".venv").symlink_to(venv)
+        for stage in args.cached:
+            sh(["dvc", "remote", "add", "--local", "here", str(ROOT / ".dvc" / "cache")], clone, env)
+            sh(["dvc", "fetch", "-r", "here", stage], clone, env)
+            sh(["dvc", "checkout", stage], clone, env)
+            sh(["dvc", "remote", "remove", "--local", "here"], clone, env)
+        time_log = work / "time.txt"
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            ["/usr/bin/time", "-v", "-o", str(time_log), "dvc", "repro", args.target],
+            cwd=clone,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        lines = []
+        for line in proc.stdout:
+            lines.append((time.perf_counter() - start, line))
+            print(line, end="", flush=True)
+        rc = proc.wait()
+        wall = time.perf_counter() - start
+        peak = peak_rss_gb(time_log.read_text())
+    finally:
+        if args.keep:
+            print(f"clone kept at {clone}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    cached = ", ".join(args.cached) or "none"
+    rows = stage_times(lines, wall)
+    skipped = [m.group(1) for _, line in lines if (m := re.match(r"Stage '([^']+)' didn't change", line))]
+    report = [
+        f"`dvc repro {args.target}` on a fresh clone of {commit} (`.venv` linked), "
+        f"{os.cpu_count()} cores; stages restored from the DVC cache first: {cached}",
+        "",
+        "| stage | wall time |",
+        "|---|---|",
+        *[f"| {name} | {secs:.0f} s ({int(secs // 60)} min {secs % 60:.0f} s) |" for name, secs in rows],
+        *[f"| {name} | skipped (up to date) |" for name in skipped],
+        f"| **total** | **{wall:.0f} s ({int(wall // 60)} min {wall % 60:.0f} s)**, "
+        f"peak RSS {peak:.2f} GB, exit {rc} |",
+    ]
+    suffix = "".join(f"_cached_{s}" for s in args.cached)
+    out = ROOT / "benchmarks" / "results" / f"repro_{args.target}{suffix}.md"
+    write_report(out, "\n".join(report))
+    print("\n".join(report))
+    if rc != 0:
+        raise SystemExit(rc)
+
+
+if __name__ == "__main__":
+    main()
