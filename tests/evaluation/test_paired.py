@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from aot.evaluation import attack_success
+from aot.evaluation import attack_success, common_attack_success
 
 
 def _row(suite: str, record: str, source: str, correct: bool, protocol: str = "greedy") -> dict:
@@ -68,3 +68,35 @@ def test_missing_column_and_duplicate_clean_rows_are_named(predictions: pd.DataF
     doubled = pd.concat([predictions, predictions.head(1)], ignore_index=True)
     with pytest.raises(ValueError, match="duplicate record_id in suite 'clean'"):
         attack_success(doubled)
+
+
+def test_common_pairs_are_the_questions_every_model_answers_right(
+    predictions: pd.DataFrame,
+) -> None:
+    # model "weak" gets r1 wrong when clean (greedy), so r1 leaves both models' common pairs;
+    # alone, "weak" would look more robust than "strong" (fewer pairs, none fooled).
+    weak = predictions.copy()
+    clean_r1 = (weak["suite"] == "clean") & (weak["record_id"] == "r1")
+    weak.loc[clean_r1 & (weak["protocol"] == "greedy"), "correct"] = False
+    weak.loc[weak["suite"] != "clean", "correct"] = True  # never fooled on its own pairs
+    models = {"strong": predictions, "weak": weak}
+    out = common_attack_success(models, pooled={"attacked_pooled": "attacked_"})
+    overall = out[out["family"] == "overall"].set_index(["model", "suite", "protocol"])
+    # strong: only r2's edits remain (a-r2-e0 right, b-r2-e0 fooled)
+    assert overall.loc[("strong", "attacked_pooled", "greedy"), ["pairs", "fooled"]].tolist() == [
+        2,
+        1,
+    ]
+    assert overall.loc[("weak", "attacked_pooled", "greedy"), ["pairs", "fooled"]].tolist() == [
+        2,
+        0,
+    ]
+    assert ("strong", "unseen_blur", "greedy") not in overall.index  # r1 only: not common
+    # strict: r1 is wrong for both, r2 right for both: the common set is r2, as alone
+    alone = attack_success(predictions, pooled={"attacked_pooled": "attacked_"})
+    alone = alone[(alone["family"] == "overall") & (alone["protocol"] == "strict")]
+    strict = overall.xs("strict", level="protocol").loc["strong"]
+    assert strict["pairs"].tolist() == alone.set_index("suite")["pairs"].tolist()
+    # one model alone: the common set is its own clean-right set
+    single = common_attack_success({"strong": predictions}).drop(columns="model")
+    pd.testing.assert_frame_equal(single, attack_success(predictions))

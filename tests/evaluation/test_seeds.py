@@ -178,7 +178,15 @@ def test_summary_markdown_pools_paired_attack_success_over_seeds() -> None:
         }
         for seed, fooled, pairs in ((42, 1, 10), (43, 3, 10))
     }
+    for seed, fooled, pairs in ((42, 1, 8), (43, 1, 8)):
+        by_seed[seed] |= {
+            f"aot_round_1/{key}/common_attack_success/overall": fooled / pairs,
+            f"aot_round_1/{key}/common_fooled/overall": fooled,
+            f"aot_round_1/{key}/common_pairs/overall": pairs,
+        }
     text = summary_markdown(summarize_seeds(by_seed))
     assert "## attack success, attacked_pooled (paired)" in text
     assert "| greedy | 0.500 ± 0.000 | 0.200 ± 0.141 (4/20) |" in text
+    assert "## attack success, attacked_pooled (paired, common questions)" in text
+    assert "| greedy | – | 0.125 ± 0.000 (2/16) |" in text
     assert summary_markdown(summarize_seeds(BY_SEED)).count("attack success") == 0

@@ -110,3 +110,24 @@ def test_report_pairs_attacked_rows_with_clean_answers(base_fooled, aot_fooled, 
     assert metrics["aot_round_1/attacked_pooled/greedy/pairs/overall"] == 20
     assert f"| attacked_pooled | {base_fooled / 20:.3f} ({base_fooled}/20) |" in report
     assert verdict in report
+
+
+def test_report_compares_models_on_common_questions_too() -> None:
+    # base: all ten right when clean, four broken by the cold Attacker. aot: those four wrong
+    # when clean (and after the edit), nothing else broken: on its own pairs it looks robust
+    # (0 of 12), on the six questions both answer right both are at 0 of 12.
+    base = _paired_table(4)
+    aot = _paired_table(0)
+    lost = aot["source_record_id"].isin([f"r{i}" for i in range(4)])
+    aot.loc[lost, "correct"] = False
+    metrics, _, report = report_evaluation(base, aot, model_names=("base", "aot_round_1"))
+    assert metrics["aot_round_1/attacked_pooled/greedy/attack_success/overall"] == 0.0
+    assert metrics["aot_round_1/attacked_pooled/greedy/pairs/overall"] == 12
+    assert metrics["base/attacked_pooled/greedy/attack_success/overall"] == 4 / 20
+    for model in ("base", "aot_round_1"):
+        assert metrics[f"{model}/attacked_pooled/greedy/common_pairs/overall"] == 12
+        assert metrics[f"{model}/attacked_pooled/greedy/common_fooled/overall"] == 0
+    plain, common = report.split("## Attack success on common questions (paired)")
+    assert "lower than every other model" in plain
+    assert "not lower than base" in common
+    assert "| attacked_pooled | 0.000 (0/12) | 0.000 (0/12) |" in common

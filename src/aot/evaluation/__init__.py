@@ -25,7 +25,7 @@ from aot.evaluation.extraction import (
     extract_vstar,
     get_extractor,
 )
-from aot.evaluation.paired import attack_success
+from aot.evaluation.paired import attack_success, common_attack_success
 from aot.evaluation.pope import pope_metrics, pope_rows
 from aot.evaluation.protocols import PROTOCOLS, answer_table, answer_tables
 from aot.evaluation.suites import aggregate_seeds, flatten_metrics, mean_and_spread, summarize
@@ -52,6 +52,7 @@ __all__ = [
     "attack_success",
     "apply_unseen",
     "colour_dependent",
+    "common_attack_success",
     "extract_hrbench",
     "extract_pope",
     "extract_vstar",

@@ -6,9 +6,16 @@ few rows among hundreds and its differences between models drown in the first pa
 Pairing every edited row with the same model's answer to the same question on the clean image
 (same protocol) isolates it: the **attack success** is the share of clean-right questions that
 are wrong after the edit, as in the self-play rounds' ``attack_success`` metrics.
+
+Each model's pairs are its own clean-right questions, so a model that gets more questions wrong
+when clean drops them from its pairs, and the borderline questions an edit tends to break go
+first: lower clean accuracy can look like robustness. ``common_attack_success`` compares models
+on the same pairs, the questions *every* model answers right when clean.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import pandas as pd
 
@@ -60,3 +67,34 @@ def attack_success(
     out["fooled"] = out["fooled"].astype(int)
     out["attack_success"] = out["fooled"] / out["pairs"]
     return out[PAIRED_COLUMNS].sort_values(["suite", "protocol", "family"], ignore_index=True)
+
+
+def common_attack_success(
+    predictions: Mapping[str, pd.DataFrame],
+    clean_suite: str = "clean",
+    pooled: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """``attack_success`` per model (a ``model`` column added), each model's pairs restricted,
+    per protocol, to the questions every model in ``predictions`` answers right on
+    ``clean_suite``: all models are scored on the same pairs (the suites' edited images are
+    shared), so a difference is robustness, not a different set of questions."""
+    right_everywhere: dict[str, set] = {}
+    for table in predictions.values():
+        clean = table[table["suite"] == clean_suite]
+        for protocol, group in clean.groupby("protocol"):
+            right = set(group.loc[group["correct"].astype(bool), "record_id"])
+            known = right_everywhere.get(protocol)
+            right_everywhere[protocol] = right if known is None else known & right
+    for table in predictions.values():
+        protocols = set(table.loc[table["suite"] == clean_suite, "protocol"])
+        for protocol in set(right_everywhere) - protocols:
+            right_everywhere[protocol] = set()  # a model without clean answers shares nothing
+    parts = []
+    for name, table in predictions.items():
+        common = table["protocol"].map(lambda p: right_everywhere.get(p, set()))
+        key = table["record_id"].where(table["suite"] == clean_suite, table["source_record_id"])
+        keep = [k in c for k, c in zip(key, common, strict=True)]
+        parts.append(attack_success(table[keep], clean_suite, pooled).assign(model=name))
+    if not parts:
+        return pd.DataFrame(columns=["model", *PAIRED_COLUMNS])
+    return pd.concat(parts, ignore_index=True)[["model", *PAIRED_COLUMNS]]

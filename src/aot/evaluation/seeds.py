@@ -54,6 +54,9 @@ KEY_METRICS = (
     "attack_success/overall",  # paired (aot.evaluation.paired), with its counts
     "pairs/overall",
     "fooled/overall",
+    "common_attack_success/overall",  # the same on questions every model answers right clean
+    "common_pairs/overall",
+    "common_fooled/overall",
 )
 SUMMARY_COLUMNS = [
     "model",
@@ -214,6 +217,7 @@ def summary_markdown(summary: pd.DataFrame, metric: str = "accuracy/overall") ->
             lines.append(f"| {group} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += _paired_lines(summary)
+    lines += _paired_lines(summary, common=True)
     for protocol, table in chosen.groupby("protocol", sort=False):
         models = _model_order(table["model"])
         lines += [f"## {protocol}", "", "| suite | " + " | ".join(models) + " |"]
@@ -228,18 +232,27 @@ def summary_markdown(summary: pd.DataFrame, metric: str = "accuracy/overall") ->
     return "\n".join(lines)
 
 
-def _paired_lines(summary: pd.DataFrame, suite: str = "attacked_pooled") -> list[str]:
+def _paired_lines(
+    summary: pd.DataFrame, suite: str = "attacked_pooled", common: bool = False
+) -> list[str]:
     """Paired attack success on ``suite`` per model and protocol: mean ± std over the seeds,
-    and fooled / pairs summed over the seeds (the pooled rate)."""
+    and fooled / pairs summed over the seeds (the pooled rate); ``common``: on the questions
+    every model answers right when clean (`aot.evaluation.paired.common_attack_success`)."""
+    prefix = "common_" if common else ""
     part = summary[summary["suite"] == suite]
-    if "attack_success/overall" not in set(part["metric"]):
+    if f"{prefix}attack_success/overall" not in set(part["metric"]):
         return []
     rows = part.set_index(["model", "protocol", "metric"])
     models = _model_order(part["model"])
+    which = (
+        "Of the questions every Defender answers right on the clean image (one set per seed)"
+        if common
+        else "Of the questions a Defender answers right on the clean image"
+    )
     lines = [
-        f"## attack success, {suite} (paired)",
+        f"## attack success, {suite} (paired{', common questions' if common else ''})",
         "",
-        "Of the questions a Defender answers right on the clean image, the share it gets wrong "
+        f"{which}, the share it gets wrong "
         "after an Attacker's edit: mean ± std over the seeds; in brackets fooled / pairs summed "
         "over the seeds. Lower is more robust.",
         "",
@@ -249,12 +262,12 @@ def _paired_lines(summary: pd.DataFrame, suite: str = "attacked_pooled") -> list
     for protocol in sorted(set(part["protocol"])):
         cells = []
         for model in models:
-            key = (model, protocol, "attack_success/overall")
+            key = (model, protocol, f"{prefix}attack_success/overall")
             if key not in rows.index:
                 cells.append("–")
                 continue
             text = f"{rows.loc[key, 'mean']:.3f} ± {rows.loc[key, 'std']:.3f}"
-            counts = [(model, protocol, f"{m}/overall") for m in ("fooled", "pairs")]
+            counts = [(model, protocol, f"{prefix}{m}/overall") for m in ("fooled", "pairs")]
             if all(c in rows.index for c in counts):
                 # a count's sum over the seeds is its mean times the number of seeds
                 fooled, pairs = (

@@ -20,6 +20,7 @@ from aot.evaluation import (
     answer_tables,
     apply_unseen,
     attack_success,
+    common_attack_success,
     flatten_metrics,
 )
 from aot.evaluation import summarize as summarize_suite
@@ -155,11 +156,14 @@ def report_evaluation(
 
     Besides accuracy, every suite with clean counterparts gets the paired attack success
     (``model/<suite>/<protocol>/attack_success/<family>``, with ``pairs`` and ``fooled``), and
-    the attacked suites pooled get it as ``model/attacked_pooled/...``.
+    the attacked suites pooled get it as ``model/attacked_pooled/...``; the same on the
+    questions every model answers right when clean (``common_attack_success``,
+    ``common_pairs``, ``common_fooled``: `aot.evaluation.paired.common_attack_success`).
     """
     nested: dict[str, Any] = {}
     rows = []
     paired = []
+    pooled = {ATTACKED_POOLED: "attacked_"}
     for name, table in zip(model_names, predictions, strict=True):
         for (suite, protocol), group in table.groupby(["suite", "protocol"]):
             summary = summarize_suite(group)
@@ -173,16 +177,22 @@ def report_evaluation(
                     "n": summary["n"]["overall"],
                 }
             )
-        flips = attack_success(table, pooled={ATTACKED_POOLED: "attacked_"})
+        flips = attack_success(table, pooled=pooled)
         for (suite, protocol), group in flips.groupby(["suite", "protocol"]):
             entry = nested.setdefault(name, {}).setdefault(suite, {}).setdefault(protocol, {})
             for column in ("attack_success", "pairs", "fooled"):
                 entry[column] = dict(zip(group["family"], group[column], strict=True))
         paired.append(flips.assign(model=name))
+    common = common_attack_success(dict(zip(model_names, predictions, strict=True)), pooled=pooled)
+    for (name, suite, protocol), group in common.groupby(["model", "suite", "protocol"]):
+        entry = nested[name].setdefault(suite, {}).setdefault(protocol, {})
+        for column in ("attack_success", "pairs", "fooled"):
+            entry[f"common_{column}"] = dict(zip(group["family"], group[column], strict=True))
     metrics = flatten_metrics(nested)
     table = pd.DataFrame(rows)
     paired_table = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()
-    return metrics, _figure(table, model_names), _markdown(table, paired_table, model_names)
+    report = _markdown(table, paired_table, common, model_names)
+    return metrics, _figure(table, model_names), report
 
 
 def _group(suite: str) -> str:
@@ -208,7 +218,9 @@ def _figure(table: pd.DataFrame, model_names: tuple[str, ...]) -> Figure:
     return fig
 
 
-def _markdown(table: pd.DataFrame, flips: pd.DataFrame, model_names: tuple[str, ...]) -> str:
+def _markdown(
+    table: pd.DataFrame, flips: pd.DataFrame, common: pd.DataFrame, model_names: tuple[str, ...]
+) -> str:
     greedy = table[table["protocol"] == "greedy"]
     pivot = greedy.pivot_table(index="suite", columns="model", values="accuracy")
     pivot = pivot[[m for m in model_names if m in pivot.columns]]
@@ -219,12 +231,16 @@ def _markdown(table: pd.DataFrame, flips: pd.DataFrame, model_names: tuple[str, 
     for suite, row in pivot.iterrows():
         lines.append(f"| {suite} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
     lines += ["", *_verdicts(table, model_names), *_paired_section(flips, model_names)]
+    lines += _paired_section(common, model_names, common=True)
     return "\n".join(lines)
 
 
-def _paired_section(flips: pd.DataFrame, model_names: tuple[str, ...]) -> list[str]:
+def _paired_section(
+    flips: pd.DataFrame, model_names: tuple[str, ...], common: bool = False
+) -> list[str]:
     """Greedy attack success per attacked suite and pooled (fooled / pairs), and a verdict on
-    the pooled figure for the last AOT Defender."""
+    the pooled figure for the last AOT Defender; ``common``: on the questions every model
+    answers right when clean."""
     if flips.empty:
         return []
     rows = flips[
@@ -235,9 +251,15 @@ def _paired_section(flips: pd.DataFrame, model_names: tuple[str, ...]) -> list[s
     if rows.empty:
         return []
     models = [m for m in model_names if m in set(rows["model"])]
-    lines = ["## Attack success (paired)", ""]
-    lines += ["Of the questions a Defender answers right on the clean image, the share it gets"]
-    lines += ["wrong after the edit (greedy; fooled / pairs). Lower is more robust.", ""]
+    if common:
+        lines = ["## Attack success on common questions (paired)", ""]
+        lines += ["The same, on the questions every Defender here answers right on the clean"]
+        lines += ["image: every model is scored on the same pairs, so a Defender that gets more"]
+        lines += ["clean questions wrong cannot look robust by dropping them.", ""]
+    else:
+        lines = ["## Attack success (paired)", ""]
+        lines += ["Of the questions a Defender answers right on the clean image, the share it"]
+        lines += ["gets wrong after the edit (greedy; fooled / pairs). Lower is more robust.", ""]
     lines.append("| suite | " + " | ".join(models) + " |")
     lines.append("|---" * (len(models) + 1) + "|")
     cells = {
@@ -264,8 +286,9 @@ def _paired_section(flips: pd.DataFrame, model_names: tuple[str, ...]) -> list[s
             "",
             f"- {last}'s pooled attack success is {pooled[last]:.3f} ({detail}): {verdict}",
         ]
-    lines += ["", "One seed, and fooled questions are few: a difference of a handful is noise."]
-    lines += ["`make seeds` pools several (fooled / pairs summed in its summary.md)."]
+    if not common:
+        lines += ["", "One seed, and fooled questions are few: a difference of a handful is noise."]
+        lines += ["`make seeds` pools several (fooled / pairs summed in its summary.md)."]
     return [*lines, ""]
 
 
