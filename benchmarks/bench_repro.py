@@ -21,6 +21,7 @@ Writes `benchmarks/results/repro_<target>[_cached_<stage>...].md`.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ from pathlib import Path
 from report_notes import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("bench_repro")
 ENV = {
     "HF_HUB_OFFLINE": "1",
     "DO_NOT_TRACK": "1",
@@ -49,7 +51,7 @@ def stage_times(lines: list[tuple[float, str]], end: float) -> list[tuple[str, f
         if m:
             starts.append((m.group(1), t))
     bounds = [t for _, t in starts[1:]] + [end]
-    return [(name, stop - t) for (name, t), stop in zip(starts, bounds)]
+    return [(name, stop - t) for (name, t), stop in zip(starts, bounds, strict=True)]
 
 
 def peak_rss_gb(time_v: str) -> float:
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--cached", nargs="*", default=[], help="stages restored from the cache")
     parser.add_argument("--keep", action="store_true", help="keep the clone (its path is logged)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     venv = ROOT / ".venv"
     env = {**os.environ, **ENV, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
@@ -79,7 +82,11 @@ def main() -> None:
         ).stdout.strip()
         (clone / ".venv").symlink_to(venv)
         for stage in args.cached:
-            sh(["dvc", "remote", "add", "--local", "here", str(ROOT / ".dvc" / "cache")], clone, env)
+            sh(
+                ["dvc", "remote", "add", "--local", "here", str(ROOT / ".dvc" / "cache")],
+                clone,
+                env,
+            )
             sh(["dvc", "fetch", "-r", "here", stage], clone, env)
             sh(["dvc", "checkout", stage], clone, env)
             sh(["dvc", "remote", "remove", "--local", "here"], clone, env)
@@ -96,26 +103,31 @@ def main() -> None:
         lines = []
         for line in proc.stdout:
             lines.append((time.perf_counter() - start, line))
-            print(line, end="", flush=True)
+            logger.info(line.rstrip("\n"))
         rc = proc.wait()
         wall = time.perf_counter() - start
         peak = peak_rss_gb(time_log.read_text())
     finally:
         if args.keep:
-            print(f"clone kept at {clone}")
+            logger.info("clone kept at %s", clone)
         else:
             shutil.rmtree(work, ignore_errors=True)
 
     cached = ", ".join(args.cached) or "none"
     rows = stage_times(lines, wall)
-    skipped = [m.group(1) for _, line in lines if (m := re.match(r"Stage '([^']+)' didn't change", line))]
+    skipped = [
+        m.group(1) for _, line in lines if (m := re.match(r"Stage '([^']+)' didn't change", line))
+    ]
     report = [
         f"`dvc repro {args.target}` on a fresh clone of {commit} (`.venv` linked), "
         f"{os.cpu_count()} cores; stages restored from the DVC cache first: {cached}",
         "",
         "| stage | wall time |",
         "|---|---|",
-        *[f"| {name} | {secs:.0f} s ({int(secs // 60)} min {secs % 60:.0f} s) |" for name, secs in rows],
+        *[
+            f"| {name} | {secs:.0f} s ({int(secs // 60)} min {secs % 60:.0f} s) |"
+            for name, secs in rows
+        ],
         *[f"| {name} | skipped (up to date) |" for name in skipped],
         f"| **total** | **{wall:.0f} s ({int(wall // 60)} min {wall % 60:.0f} s)**, "
         f"peak RSS {peak:.2f} GB, exit {rc} |",
@@ -123,7 +135,7 @@ def main() -> None:
     suffix = "".join(f"_cached_{s}" for s in args.cached)
     out = ROOT / "benchmarks" / "results" / f"repro_{args.target}{suffix}.md"
     write_report(out, "\n".join(report))
-    print("\n".join(report))
+    logger.info("\n".join(report))
     if rc != 0:
         raise SystemExit(rc)
 
