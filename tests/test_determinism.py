@@ -99,6 +99,7 @@ def test_seeds_command_writes_mean_and_spread_per_model_suite_protocol(smoke_see
     }
     # the paired attack metrics exist where a smoke Defender answers some clean question right
     paired = {"attack_success/overall", "fooled/overall", "pairs/overall"}
+    paired |= {f"common_{m}" for m in paired}  # on the questions every model answers right
     assert {"accuracy/overall", "parsed/overall"} <= set(summary["metric"])
     assert set(summary["metric"]) <= {"accuracy/overall", "parsed/overall"} | paired
     expected_models = {

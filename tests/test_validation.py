@@ -90,7 +90,7 @@ def test_a_wrong_type_names_the_key_and_its_file(tmp_path: Path) -> None:
     root = _conf_copy(tmp_path)
     _edit(root, "conf/base/parameters_bootstrap_dataset.yml", "image_size: 112", "image_size: big")
     _edit(
-        root, "conf/base/parameters_selfplay.yml", "learning_rate: 0.00002", "learning_rate: fast"
+        root, "conf/base/parameters_selfplay.yml", "learning_rate: 0.00005", "learning_rate: fast"
     )
     assert _errors(root) == [
         "conf/base/parameters_bootstrap_dataset.yml: world.image_size must be an int >= 28, "
