@@ -81,14 +81,11 @@ def main() -> None:
             ["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True
         ).stdout.strip()
         (clone / ".venv").symlink_to(venv)
-        for stage in args.cached:
-            sh(
-                ["dvc", "remote", "add", "--local", "here", str(ROOT / ".dvc" / "cache")],
-                clone,
-                env,
-            )
-            sh(["dvc", "fetch", "-r", "here", stage], clone, env)
-            sh(["dvc", "checkout", stage], clone, env)
+        if args.cached:
+            here = str(ROOT / ".dvc" / "cache")
+            sh(["dvc", "remote", "add", "--local", "here", here], clone, env)
+            sh(["dvc", "fetch", "-r", "here", *args.cached], clone, env)
+            sh(["dvc", "checkout", *args.cached], clone, env)
             sh(["dvc", "remote", "remove", "--local", "here"], clone, env)
         time_log = work / "time.txt"
         start = time.perf_counter()

@@ -78,22 +78,22 @@ def common_attack_success(
     per protocol, to the questions every model in ``predictions`` answers right on
     ``clean_suite``: all models are scored on the same pairs (the suites' edited images are
     shared), so a difference is robustness, not a different set of questions."""
-    right_everywhere: dict[str, set] = {}
-    for table in predictions.values():
-        clean = table[table["suite"] == clean_suite]
-        for protocol, group in clean.groupby("protocol"):
-            right = set(group.loc[group["correct"].astype(bool), "record_id"])
-            known = right_everywhere.get(protocol)
-            right_everywhere[protocol] = right if known is None else known & right
-    for table in predictions.values():
-        protocols = set(table.loc[table["suite"] == clean_suite, "protocol"])
-        for protocol in set(right_everywhere) - protocols:
-            right_everywhere[protocol] = set()  # a model without clean answers shares nothing
+    rights = [
+        {
+            protocol: set(group.loc[group["correct"].astype(bool), "record_id"])
+            for protocol, group in table[table["suite"] == clean_suite].groupby("protocol")
+        }
+        for table in predictions.values()
+    ]
+    protocols = set().union(*rights)
+    # a model without clean answers under a protocol shares no question there
+    common = {p: set.intersection(*(r.get(p, set()) for r in rights)) for p in protocols}
     parts = []
     for name, table in predictions.items():
-        common = table["protocol"].map(lambda p: right_everywhere.get(p, set()))
         key = table["record_id"].where(table["suite"] == clean_suite, table["source_record_id"])
-        keep = [k in c for k, c in zip(key, common, strict=True)]
+        keep = pd.Series(False, index=table.index)
+        for protocol, ids in common.items():
+            keep |= (table["protocol"] == protocol) & key.isin(ids)
         parts.append(attack_success(table[keep], clean_suite, pooled).assign(model=name))
     if not parts:
         return pd.DataFrame(columns=["model", *PAIRED_COLUMNS])

@@ -177,20 +177,18 @@ def report_evaluation(
                     "n": summary["n"]["overall"],
                 }
             )
-        flips = attack_success(table, pooled=pooled)
-        for (suite, protocol), group in flips.groupby(["suite", "protocol"]):
+        paired.append(attack_success(table, pooled=pooled).assign(model=name))
+    paired_table = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()
+    common = common_attack_success(dict(zip(model_names, predictions, strict=True)), pooled=pooled)
+    for prefix, flips in (("", paired_table), ("common_", common)):
+        if flips.empty:
+            continue
+        for (name, suite, protocol), group in flips.groupby(["model", "suite", "protocol"]):
             entry = nested.setdefault(name, {}).setdefault(suite, {}).setdefault(protocol, {})
             for column in ("attack_success", "pairs", "fooled"):
-                entry[column] = dict(zip(group["family"], group[column], strict=True))
-        paired.append(flips.assign(model=name))
-    common = common_attack_success(dict(zip(model_names, predictions, strict=True)), pooled=pooled)
-    for (name, suite, protocol), group in common.groupby(["model", "suite", "protocol"]):
-        entry = nested[name].setdefault(suite, {}).setdefault(protocol, {})
-        for column in ("attack_success", "pairs", "fooled"):
-            entry[f"common_{column}"] = dict(zip(group["family"], group[column], strict=True))
+                entry[prefix + column] = dict(zip(group["family"], group[column], strict=True))
     metrics = flatten_metrics(nested)
     table = pd.DataFrame(rows)
-    paired_table = pd.concat(paired, ignore_index=True) if paired else pd.DataFrame()
     report = _markdown(table, paired_table, common, model_names)
     return metrics, _figure(table, model_names), report
 
