@@ -5,8 +5,10 @@ Run: `.venv/bin/python benchmarks/bench_repro.py [--target sft] [--cached STAGE 
 Clones the committed project (`git clone` of HEAD) into a temporary folder, links this
 checkout's `.venv` into it, and runs `dvc repro TARGET` there under `/usr/bin/time -v`, so
 nothing in this checkout's `data/` or DVC cache is touched. Each stage's time runs from DVC's
-"Running stage" line to the next one (or the end); the peak is the largest resident set of any
-process in the run.
+"Running stage" line to the next one (or the end). Memory is reported two ways: the largest
+resident set of any one process (`/usr/bin/time -v`), and the largest sum over every process of
+the run at one moment (sampled twice a second): a stage that runs nodes in parallel processes
+(the evaluation's `ParallelRunner`) holds several at once.
 
 ``--cached STAGE``: before the run, the clone fetches that stage's outputs from this checkout's
 DVC cache (used as a local remote) and checks them out, as after a `dvc pull` of that stage. The
@@ -27,8 +29,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 from report_notes import write_report
 
@@ -57,6 +62,38 @@ def stage_times(lines: list[tuple[float, str]], end: float) -> list[tuple[str, f
 def peak_rss_gb(time_v: str) -> float:
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_v)
     return int(m.group(1)) / 1024**2 if m else float("nan")
+
+
+class TreeMemory(threading.Thread):
+    """The largest sums of memory over a process and all its descendants, sampled every
+    ``every`` seconds until the process ends: resident sets (`peak_bytes`; pages shared between
+    processes, such as torch's libraries, count once per process, so it errs high) and
+    proportional sets (`peak_pss_bytes`; a shared page is split between the processes that map
+    it: what the run holds of the machine's memory)."""
+
+    def __init__(self, pid: int, every: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.every = every
+        self.peak_bytes = 0
+        self.peak_pss_bytes = 0
+
+    def run(self) -> None:
+        while self.root.is_running() and self.root.status() != psutil.STATUS_ZOMBIE:
+            rss = pss = 0
+            try:
+                for proc in [self.root, *self.root.children(recursive=True)]:
+                    try:
+                        info = proc.memory_full_info()
+                    except psutil.Error:
+                        continue
+                    rss += info.rss
+                    pss += getattr(info, "pss", info.rss)
+            except psutil.Error:
+                break
+            self.peak_bytes = max(self.peak_bytes, rss)
+            self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
+            time.sleep(self.every)
 
 
 def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
@@ -97,6 +134,8 @@ def main() -> None:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        memory = TreeMemory(proc.pid)
+        memory.start()
         lines = []
         for line in proc.stdout:
             lines.append((time.perf_counter() - start, line))
@@ -104,6 +143,9 @@ def main() -> None:
         rc = proc.wait()
         wall = time.perf_counter() - start
         peak = peak_rss_gb(time_log.read_text())
+        memory.join(timeout=5)
+        together = memory.peak_bytes / 1024**3
+        proportional = memory.peak_pss_bytes / 1024**3
     finally:
         if args.keep:
             logger.info("clone kept at %s", clone)
@@ -127,7 +169,8 @@ def main() -> None:
         ],
         *[f"| {name} | skipped (up to date) |" for name in skipped],
         f"| **total** | **{wall:.0f} s ({int(wall // 60)} min {wall % 60:.0f} s)**, "
-        f"peak RSS {peak:.2f} GB, exit {rc} |",
+        f"peak RSS {peak:.2f} GB (one process), {together:.2f} GB (all processes at once; "
+        f"proportional set {proportional:.2f} GB), exit {rc} |",
     ]
     suffix = "".join(f"_cached_{s}" for s in args.cached)
     out = ROOT / "benchmarks" / "results" / f"repro_{args.target}{suffix}.md"
