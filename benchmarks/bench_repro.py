@@ -7,7 +7,7 @@ checkout's `.venv` into it, and runs `dvc repro TARGET` there under `/usr/bin/ti
 nothing in this checkout's `data/` or DVC cache is touched. Each stage's time runs from DVC's
 "Running stage" line to the next one (or the end). Memory is reported two ways: the largest
 resident set of any one process (`/usr/bin/time -v`), and the largest sum over every process of
-the run at one moment (sampled twice a second): a stage that runs nodes in parallel processes
+the run at one moment (sampled every 2 s): a stage that runs nodes in parallel processes
 (the evaluation's `ParallelRunner`) holds several at once.
 
 ``--cached STAGE``: before the run, the clone fetches that stage's outputs from this checkout's
@@ -71,7 +71,7 @@ class TreeMemory(threading.Thread):
     proportional sets (`peak_pss_bytes`; a shared page is split between the processes that map
     it: what the run holds of the machine's memory)."""
 
-    def __init__(self, pid: int, every: float = 0.5) -> None:
+    def __init__(self, pid: int, every: float = 2.0) -> None:
         super().__init__(daemon=True)
         self.root = psutil.Process(pid)
         self.every = every
