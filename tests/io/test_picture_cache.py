@@ -1,8 +1,9 @@
-"""`ImageFolderDataset` decodes and checks each file version once per process, and a cached
+"""`ImageFolderDataset` decodes and checks each file once per process and content, and a cached
 picture never leaks a change from one caller to another."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def test_no_picture_is_kept_beyond_the_budget(
     assert DECODED.bytes == 16 * 16 * 3
 
 
-def test_a_file_is_checked_once_per_version(
+def test_a_file_is_checked_once_per_content(
     tmp_path: Path, decodes: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checked: list[str] = []
@@ -93,9 +94,32 @@ def test_a_file_is_checked_once_per_version(
     dataset.load()
     dataset.load()
     assert sorted(checked) == ["a.png", "b.png"]
-    # a file cut short after it was checked is a new version: checked again, and named
+    # a file cut short after it was checked has new bytes: checked again, and named
     path = tmp_path / "images" / "b.png"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(DatasetError, match=r"b\.png"):
         dataset.load()
     assert sorted(checked) == ["a.png", "b.png", "b.png"]
+
+
+def test_a_file_rewritten_in_place_with_its_size_and_time_is_decoded_again(
+    tmp_path: Path, decodes: list[str]
+) -> None:
+    """The cache keys files by content: an inode, a size and a modification time can all
+    repeat (an in-place write of incompressible pixels, a restored or coarse timestamp)."""
+    dataset = ImageFolderDataset(path=str(tmp_path / "images"))
+    dataset.save({"a": _noise(16, 1)})
+    path = tmp_path / "images" / "a.png"
+    before = path.stat()
+    assert np.array_equal(np.asarray(dataset.load()["a"]()), np.asarray(_noise(16, 1)))
+    with path.open("r+b") as handle:  # same inode
+        _noise(16, 7).save(handle, format="PNG")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    assert np.array_equal(np.asarray(dataset.load()["a"]()), np.asarray(_noise(16, 7)))
+    assert decodes == ["a.png", "a.png"]

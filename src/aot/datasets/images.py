@@ -3,11 +3,11 @@ whose pictures are decoded once per process."""
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
+import xxhash
 from kedro.io.core import DatasetError, get_filepath_str
 from kedro_datasets.partitions import PartitionedDataset
 from kedro_datasets.pillow import ImageDataset
@@ -19,20 +19,21 @@ from aot.validation import image_file, read_image_size
 DECODED_CACHE_BYTES = 512 * 2**20
 """How many bytes of decoded pictures a process keeps (`PictureDataset`); 0 keeps none."""
 
-FileVersion = tuple[str, int, int, int, int]
+FileVersion = tuple[str, str]
 
 
 def file_version(path: str) -> FileVersion | None:
-    """(path, device, inode, size, mtime in ns) of a local file, or None when it cannot be read.
+    """(path, a hash of the file's bytes) of a local file, or None when it cannot be read.
 
-    A rewritten file gets a new version: folders are replaced by a swap (new inodes), and an
-    in-place write changes the size or the modification time.
+    Keyed by content, not by inode and modification time: a folder swapped in by a later save
+    can reuse a deleted file's inode, and within the file system's timestamp tick its time too.
+    Reading and hashing a PNG costs a small part of decoding or checking it.
     """
     try:
-        st = os.stat(path)
+        data = Path(path).read_bytes()
     except OSError:
         return None
-    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (path, xxhash.xxh3_128_hexdigest(data))
 
 
 class _Decoded:
@@ -67,7 +68,7 @@ DECODED = _Decoded()
 
 
 class PictureDataset(ImageDataset):
-    """``pillow.ImageDataset`` whose local files are decoded once per process and version.
+    """``pillow.ImageDataset`` whose local files are decoded once per process and content.
 
     Hand-written: kedro-datasets caches no decoded images. The evaluation gives every Defender
     the same suite images, each in its own node, and each node's `load` decoded all of them
@@ -97,9 +98,9 @@ class ImageFolderDataset(PartitionedDataset):
 
     Loading checks that every file decodes (``verify: true``, the default), so a corrupt or
     truncated image fails at once with its file name rather than halfway through a node; the
-    images themselves are still loaded lazily, through `PictureDataset`, and a file version
-    that decoded once in this process is not checked again. Saving writes a sibling temporary folder and
-    swaps it in, so a save that fails leaves the previous images as they were.
+    images themselves are still loaded lazily, through `PictureDataset`. A file whose bytes were
+    already checked in this process is not checked again. Saving writes a sibling temporary
+    folder and swaps it in, so a save that fails leaves the previous images as they were.
     """
 
     def __init__(self, *, path: str, verify: bool = True, **kwargs: Any) -> None:
@@ -135,7 +136,7 @@ class ImageFolderDataset(PartitionedDataset):
             path = image_file(loader)
             version = file_version(path) if path is not None else None
             if version is not None and version in DECODED.verified:
-                continue  # an earlier load in this process read this very file to the end
+                continue  # these very bytes were read to the end by an earlier load
             try:
                 read_image_size(loader)
             except Exception as err:  # noqa: BLE001 - any decoding failure is reported by file
