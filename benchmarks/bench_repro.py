@@ -79,18 +79,21 @@ class TreeMemory(threading.Thread):
         self.peak_pss_bytes = 0
 
     def run(self) -> None:
-        while self.root.is_running() and self.root.status() != psutil.STATUS_ZOMBIE:
+        while True:
             rss = pss = 0
-            try:
-                for proc in [self.root, *self.root.children(recursive=True)]:
-                    try:
-                        info = proc.memory_full_info()
-                    except psutil.Error:
-                        continue
-                    rss += info.rss
-                    pss += getattr(info, "pss", info.rss)
+            try:  # the run may end between any two of these calls
+                if self.root.status() == psutil.STATUS_ZOMBIE:
+                    break
+                processes = [self.root, *self.root.children(recursive=True)]
             except psutil.Error:
                 break
+            for proc in processes:
+                try:
+                    info = proc.memory_full_info()
+                except psutil.Error:
+                    continue
+                rss += info.rss
+                pss += getattr(info, "pss", info.rss)
             self.peak_bytes = max(self.peak_bytes, rss)
             self.peak_pss_bytes = max(self.peak_pss_bytes, pss)
             time.sleep(self.every)
