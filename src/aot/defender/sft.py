@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ from aot.defender.dense import (
     dense_grounding_loss,
 )
 from aot.defender.model import Defender, user_content
+from aot.defender.sft_processes import in_distributed_run, train_in_processes
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,10 @@ class DefenderSFTConfig:
     freeze_vision: bool = False
     time_budget_s: float | None = None
     logging_steps: int = 50
-    threads: int | None = None
+    threads: int | None = None  # per process; None: torch's default (the cores shared out)
+    # Data-parallel processes on this machine (aot.defender.sft_processes): `batch_size` in all,
+    # an equal share each. Changes the numbers in the last bits, so a recipe's results move.
+    processes: int = 1
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # passed to SFTConfig as is
 
@@ -94,10 +98,15 @@ class DefenderSFTConfig:
         if unknown:
             raise ValueError(f"{prefix}: unknown key(s) {unknown}; known: {sorted(known)}")
         config = cls(**params)
-        for name in ("max_steps", "batch_size", "logging_steps"):
+        for name in ("max_steps", "batch_size", "logging_steps", "processes"):
             value = getattr(config, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{prefix}.{name} must be a positive integer, got {value!r}")
+        if config.batch_size % config.processes:
+            raise ValueError(
+                f"{prefix}.batch_size ({config.batch_size}) must be a multiple of "
+                f"{prefix}.processes ({config.processes})"
+            )
         if config.learning_rate <= 0:
             raise ValueError(f"{prefix}.learning_rate must be positive, got {config.learning_rate}")
         if config.dense_weight < 0:
@@ -237,6 +246,27 @@ class DenseSFTTrainer(SFTTrainer):
             self._head_in_optimizer = True
         return optimizer
 
+    def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: ANN001, ANN201
+        """TRL's step; with several processes, also averages the grounding head's gradients,
+        which DDP does not see (the head is not part of the wrapped model)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.grounding_head is not None and self.accelerator.num_processes > 1:
+            # Every rank joins on every step, even one whose batch had no question targets (its
+            # gradient is zero then); averaging after each micro-batch is linear, so gradient
+            # accumulation stays right.
+            for p in self.grounding_head.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.accelerator.num_processes
+        return loss
+
+    def _log_metric(self, model: Any, name: str, value: torch.Tensor) -> None:
+        mode = "train" if model.training else "eval"
+        # the mean over processes, as TRL logs its own metrics (a no-op in one process)
+        value = self.accelerator.gather(value.detach()[None]).mean()
+        self._metrics[mode][name].append(float(value))
+
     def _grounding_loss(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         hidden = self._layer_tap.hidden[input_ids == self._image_token_id]
         logits = self.grounding_head(hidden)
@@ -261,8 +291,7 @@ class DenseSFTTrainer(SFTTrainer):
             logits = self._lm_head(self._tap.tokens)[:, self._columns]
             dense = dense_grounding_loss(logits, targets, self._label_of_column, self.dense_loss)
             loss = loss + self.dense_weight * dense
-            mode = "train" if model.training else "eval"
-            self._metrics[mode]["dense_loss"].append(float(dense.detach()))
+            self._log_metric(model, "dense_loss", dense)
         if (
             self.grounding_head is not None
             and grounding is not None
@@ -271,8 +300,7 @@ class DenseSFTTrainer(SFTTrainer):
         ):
             question = self._grounding_loss(input_ids, grounding)
             loss = loss + self.grounding_weight * question
-            mode = "train" if model.training else "eval"
-            self._metrics[mode]["grounding_loss"].append(float(question.detach()))
+            self._log_metric(model, "grounding_loss", question)
         if return_outputs:  # only the deprecated compute_metrics path asks; it gets TRL's outputs
             with torch.no_grad():
                 return loss, model(**inputs)
@@ -287,7 +315,15 @@ class TimeBudget(TrainerCallback):
         self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-        if self.seconds and time.perf_counter() - self.start > self.seconds:
+        if not self.seconds:
+            return control
+        over = time.perf_counter() - self.start > self.seconds
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # all processes stop at the same step, or the ones still training would wait forever
+            flag = torch.tensor([int(over)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            over = bool(flag.item())
+        if over:
             logger.warning(
                 "Time budget of %.0f s reached at step %d; stopping",
                 self.seconds,
@@ -297,13 +333,43 @@ class TimeBudget(TrainerCallback):
         return control
 
 
-def _dataset(examples: Sequence[SFTExample], n_tokens: int) -> Dataset:
-    """The examples as a `datasets.Dataset` whose rows carry their image under `images`.
+def check_replicas_agree(trainer: DenseSFTTrainer) -> None:
+    """Raises unless every process ends with the same weights, grounding head included: the
+    check that data-parallel training kept its replicas in step (a gradient left unsynchronised
+    shows up here, not as a subtly worse model)."""
+    modules = [trainer.accelerator.unwrap_model(trainer.model)]
+    if trainer.grounding_head is not None:
+        modules.append(trainer.grounding_head)
+    params = [p.detach().double() for m in modules for p in m.parameters()]
+    local = torch.stack([torch.stack([p.sum(), (p * p).sum()]).sum() for p in params])
+    everyone = trainer.accelerator.gather(local[None])
+    differ = (everyone != everyone[0]).any(dim=0).nonzero().flatten().tolist()
+    if differ:
+        raise RuntimeError(
+            f"Defender SFT: the processes ended with different weights in {len(differ)} of "
+            f"{len(params)} tensors (first: #{differ[0]}); gradients were not synchronised"
+        )
 
-    Each distinct image is kept once, in memory, and attached when a row is read (a format
-    transform). Putting the images into the table itself would PNG-encode one copy per
-    conversation: with 8 conversations per image that was most of pretraining's 4 GB peak.
-    """
+
+class SFTTable(NamedTuple):
+    """Training conversations as a `datasets.Dataset` (`rows`: image key, messages, dense and
+    grounding targets) and the distinct images the keys point to, kept once, in memory."""
+
+    rows: Dataset
+    images: list[Image.Image]
+
+    def dataset(self) -> Dataset:
+        """The rows with each row's image attached under `images` when it is read (a format
+        transform). Putting the images into the table itself would PNG-encode one copy per
+        conversation: with 8 conversations per image that was most of pretraining's 4 GB peak.
+        """
+        rows = self.rows.with_transform(partial(_attach_images, images=self.images))
+        return rows
+
+
+def sft_table(examples: Sequence[SFTExample], n_tokens: int) -> SFTTable:
+    """The examples as an `SFTTable` (`n_tokens`: image tokens of an image without dense
+    targets, whose rows get an all-zero target)."""
     images: list[Image.Image] = []
     key_of: dict[int, int] = {}
     keys = []
@@ -313,7 +379,7 @@ def _dataset(examples: Sequence[SFTExample], n_tokens: int) -> Dataset:
             images.append(e.image)
         keys.append(key_of[id(e.image)])
     empty = np.zeros((n_tokens, len(DENSE_LABELS)), dtype=np.float32)
-    table = Dataset.from_dict(
+    rows = Dataset.from_dict(
         {
             "image_key": keys,
             "messages": [e.messages() for e in examples],
@@ -329,8 +395,12 @@ def _dataset(examples: Sequence[SFTExample], n_tokens: int) -> Dataset:
             ],
         }
     )
-    table.set_transform(partial(_attach_images, images=images))
-    return table
+    return SFTTable(rows, images)
+
+
+def _dataset(examples: Sequence[SFTExample], n_tokens: int) -> Dataset:
+    """The examples as a `datasets.Dataset` whose rows carry their image under `images`."""
+    return sft_table(examples, n_tokens).dataset()
 
 
 def _attach_images(batch: dict[str, list], images: Sequence[Image.Image]) -> dict[str, list]:
@@ -366,15 +436,36 @@ def train_defender_sft(
     """
     if not examples:
         raise ValueError("train_defender_sft: no training examples")
+    if config.processes > 1 and not in_distributed_run() and callbacks:
+        raise ValueError("train_defender_sft: callbacks need processes=1")
+    n_tokens = _image_tokens(defender, examples[0].image)
+    train = sft_table(examples, n_tokens)
+    evaluation = sft_table(eval_examples, n_tokens) if eval_examples else None
+    if config.processes > 1 and not in_distributed_run():
+        # The processes read the tables from disk; this one need not hold them, nor the examples
+        # (freed here when the caller passed them without keeping a name for them).
+        tables = [train, evaluation]
+        del train, evaluation, examples, eval_examples
+        return train_in_processes(defender, tables, config, output_dir)
+    return train_defender_on_table(defender, train, config, output_dir, evaluation, callbacks)
+
+
+def train_defender_on_table(
+    defender: Defender,
+    train: SFTTable,
+    config: DefenderSFTConfig,
+    output_dir: str | Path,
+    evaluation: SFTTable | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> tuple[Defender, pd.DataFrame]:
+    """`train_defender_sft` on conversations already in tables (`sft_table`), in this process
+    (one of several when started by `aot.defender.sft_processes`)."""
     if config.threads:
         torch.set_num_threads(config.threads)
     model = defender.model
     if config.freeze_vision:
         for p in model.model.visual.parameters():
             p.requires_grad_(False)
-    n_tokens = _image_tokens(defender, examples[0].image)
-    train = _dataset(examples, n_tokens)
-    evaluation = _dataset(eval_examples, n_tokens) if eval_examples else None
     settings = dict(
         output_dir=str(output_dir),
         max_steps=config.max_steps,
@@ -399,6 +490,9 @@ def train_defender_sft(
         activation_checkpointing=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
+        # with several processes: every parameter gets a gradient, so DDP need not search the
+        # graph for unused ones each step
+        ddp_find_unused_parameters=False,
     )
     # `extra` may override any of these
     args = SFTConfig(**current_training_args({**settings, **config.extra}))
@@ -411,8 +505,8 @@ def train_defender_sft(
     trainer = DenseSFTTrainer(
         model=model,
         args=args,
-        train_dataset=train,
-        eval_dataset=evaluation,
+        train_dataset=train.dataset(),
+        eval_dataset=evaluation.dataset() if evaluation is not None else None,
         processing_class=defender.processor,
         data_collator=collator,
         peft_config=peft_config,
@@ -428,6 +522,8 @@ def train_defender_sft(
         "Defender SFT: %d steps in %.0f s", trainer.state.global_step, time.perf_counter() - start
     )
     trainer.remove_taps()
+    if in_distributed_run():
+        check_replicas_agree(trainer)
     trained = trainer.model
     if config.lora:
         trained = trained.merge_and_unload()
