@@ -83,7 +83,7 @@ class DefenderSFTConfig:
     logging_steps: int = 50
     threads: int | None = None  # per process; None: torch's default (the cores shared out)
     # Data-parallel processes on this machine (aot.defender.sft_processes): `batch_size` in all,
-    # an equal share each. Changes the numbers in the last bits, so a recipe's results move.
+    # an equal share each. Another trajectory than one process: check a recipe's results again.
     processes: int = 1
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # passed to SFTConfig as is

@@ -4,20 +4,23 @@ Hand-written because a Kedro node cannot run under `accelerate launch` (kedro-dv
 `aot.distributed`), so the node starts the processes itself. Each process is what `accelerate
 launch` would make: the `RANK` / `WORLD_SIZE` / `MASTER_*` environment, from which TRL's
 SFTTrainer (through accelerate) sets up DDP and shards every optimizer step's batch over the
-processes. Nothing else changes: the same `train_defender_sft`, the same recipe.
+processes. Nothing else changes: the same trainer (`train_defender_on_table`), the same recipe.
 
 Why on a CPU: on the 2-core machine a forward and backward of the tiny Defender runs only 1.45 to
-1.6 times faster on two threads than on one, while two one-thread processes on half the batch each
-take a third less time per step (`benchmarks/results/pretrain_step.md`).
+1.6 times faster on two threads than on one. The default pretraining in two one-thread processes
+with half the batch each took 72 to 79% of one process's training time
+(`benchmarks/results/pretrain_step.md`).
 
 The Defender and the conversations reach the workers through a temporary folder: the model saved
 with `save_pretrained`, the conversations as the Arrow tables the trainer reads (saved once,
 memory-mapped by every process, so the rows are held once in the page cache) and their distinct
 images pickled. Rank 0 saves the trained model and the training log there, and the caller loads
-them back. The result is one Defender, as from one process; the
-numbers differ in the last bits from a one-process run (per-process losses are averaged, and
-the reductions run in another order), so a recipe's results must be checked again when the
-process count changes.
+them back. The result is one Defender, as from one process, but not the same one: each process
+takes the mean loss over its own share of the batch, and the two means are averaged, so tokens
+weigh a little differently (one SGD step: 0.5% apart, median over weight tensors), and sums run
+in another order. Over a run that is another trajectory. On seed 44 the default pretraining in
+two processes missed the spatial jump that one process makes. So check a recipe's results again
+when the process count changes.
 """
 
 from __future__ import annotations
