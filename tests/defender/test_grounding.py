@@ -13,11 +13,8 @@ from aot.defender import Defender
 from aot.defender.dense import question_targets
 from aot.defender.examples import world_examples
 from aot.defender.sft import DefenderSFTConfig, DenseCollator, train_defender_sft
-from aot.pipelines.bootstrap_dataset.nodes import generate_source_scenes
 from aot.world import Scene, SceneObject
 from aot.world.scene import Background
-
-WORLD = {"image_size": 112, "min_objects": 2, "max_objects": 3, "backgrounds": {"plain": 1.0}}
 
 
 def _scene() -> Scene:
@@ -28,16 +25,6 @@ def _scene() -> Scene:
         SceneObject(2, "square", "red", "medium", (32, 88, 52, 108)),
     )
     return Scene("hand", 112, 112, Background("plain", "grey", 0), objects)
-
-
-@pytest.fixture(scope="module")
-def world() -> tuple:
-    scenes, records, images = generate_source_scenes(WORLD, {"n_scenes": 24}, seed=1)
-    graphs = {
-        sid: Scene.from_dict(json.loads(g))
-        for sid, g in zip(scenes["scene_id"], scenes["graph"], strict=True)
-    }
-    return records, images, graphs
 
 
 def test_question_targets_mark_the_tokens_a_question_is_about() -> None:

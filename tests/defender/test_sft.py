@@ -23,22 +23,6 @@ from aot.defender.sft import (
     evaluate_loss,
     train_defender_sft,
 )
-from aot.pipelines.bootstrap_dataset.nodes import generate_source_scenes
-from aot.world import Scene
-
-WORLD = {"image_size": 112, "min_objects": 2, "max_objects": 3, "backgrounds": {"plain": 1.0}}
-
-
-@pytest.fixture(scope="module")
-def world() -> tuple:
-    import json
-
-    scenes, records, images = generate_source_scenes(WORLD, {"n_scenes": 24}, seed=1)
-    graphs = {
-        sid: Scene.from_dict(json.loads(g))
-        for sid, g in zip(scenes["scene_id"], scenes["graph"], strict=True)
-    }
-    return records, images, graphs
 
 
 def test_collator_masks_everything_but_the_answers(tiny_defender_dir: Path, world) -> None:  # noqa: ANN001

@@ -17,7 +17,7 @@ memory-mapped by every process, so the rows are held once in the page cache) and
 images pickled. Rank 0 saves the trained model and the training log there, and the caller loads
 them back. The result is one Defender, as from one process, but not the same one: each process
 takes the mean loss over its own share of the batch, and the two means are averaged, so tokens
-weigh a little differently (one SGD step: 0.5% apart, median over weight tensors), and sums run
+weigh a little differently (one SGD step: 0.8% apart, median over weight tensors), and sums run
 in another order. Over a run that is another trajectory. On seed 44 the default pretraining in
 two processes missed the spatial jump that one process makes. So check a recipe's results again
 when the process count changes.
