@@ -108,3 +108,24 @@ def test_the_batch_must_split_evenly_over_the_processes() -> None:
         DefenderSFTConfig.from_dict({"batch_size": 30, "processes": 4}, prefix="pretrain.trainer")
     with pytest.raises(ValueError, match=r"processes must be a positive integer"):
         DefenderSFTConfig.from_dict({"processes": 0})
+
+
+@pytest.mark.timeout(300)  # a process left training alone would wait for the others forever
+def test_a_time_budget_ends_a_two_process_run(
+    tiny_defender_dir: Path, examples: list, tmp_path: Path
+) -> None:
+    """Both processes pass the budget at step 1 here, so this checks that the budget's vote
+    across processes runs and ends the run, not that it overrules a process still in time."""
+    config = DefenderSFTConfig(
+        max_steps=50,
+        batch_size=8,
+        warmup_steps=0,
+        logging_steps=1,
+        threads=1,
+        processes=2,
+        time_budget_s=1e-6,
+    )
+    _, log = train_defender_sft(
+        Defender.from_pretrained(tiny_defender_dir), examples, config, tmp_path
+    )
+    assert log["step"].tolist() == [1]

@@ -320,7 +320,7 @@ class TimeBudget(TrainerCallback):
         over = time.perf_counter() - self.start > self.seconds
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # all processes stop at the same step, or the ones still training would wait forever
-            flag = torch.tensor([int(over)])
+            flag = torch.tensor([int(over)], device=args.device)  # nccl reduces device tensors
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             over = bool(flag.item())
         if over:
@@ -340,14 +340,22 @@ def check_replicas_agree(trainer: DenseSFTTrainer) -> None:
     modules = [trainer.accelerator.unwrap_model(trainer.model)]
     if trainer.grounding_head is not None:
         modules.append(trainer.grounding_head)
-    params = [p.detach().double() for m in modules for p in m.parameters()]
-    local = torch.stack([torch.stack([p.sum(), (p * p).sum()]).sum() for p in params])
+    named = [
+        (f"{prefix}{name}", p)
+        for prefix, m in zip(("", "grounding_head."), modules, strict=False)
+        for name, p in m.named_parameters()
+    ]
+    # a checksum per tensor (sum and sum of squares), compared across processes
+    local = torch.stack(
+        [(p.detach().double().sum() + p.detach().double().square().sum()) for _, p in named]
+    )
     everyone = trainer.accelerator.gather(local[None])
     differ = (everyone != everyone[0]).any(dim=0).nonzero().flatten().tolist()
     if differ:
         raise RuntimeError(
             f"Defender SFT: the processes ended with different weights in {len(differ)} of "
-            f"{len(params)} tensors (first: #{differ[0]}); gradients were not synchronised"
+            f"{len(named)} tensors (first: {named[differ[0]][0]}); gradients were not "
+            "synchronised"
         )
 
 
