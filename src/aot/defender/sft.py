@@ -371,8 +371,7 @@ class SFTTable(NamedTuple):
         transform). Putting the images into the table itself would PNG-encode one copy per
         conversation: with 8 conversations per image that was most of pretraining's 4 GB peak.
         """
-        rows = self.rows.with_transform(partial(_attach_images, images=self.images))
-        return rows
+        return self.rows.with_transform(partial(_attach_images, images=self.images))
 
 
 def sft_table(examples: Sequence[SFTExample], n_tokens: int) -> SFTTable:
@@ -444,17 +443,14 @@ def train_defender_sft(
     """
     if not examples:
         raise ValueError("train_defender_sft: no training examples")
-    if config.processes > 1 and not in_distributed_run() and callbacks:
+    start_processes = config.processes > 1 and not in_distributed_run()
+    if start_processes and callbacks:
         raise ValueError("train_defender_sft: callbacks need processes=1")
     n_tokens = _image_tokens(defender, examples[0].image)
     train = sft_table(examples, n_tokens)
     evaluation = sft_table(eval_examples, n_tokens) if eval_examples else None
-    if config.processes > 1 and not in_distributed_run():
-        # The processes read the tables from disk; this one need not hold them, nor the examples
-        # (freed here when the caller passed them without keeping a name for them).
-        tables = [train, evaluation]
-        del train, evaluation, examples, eval_examples
-        return train_in_processes(defender, tables, config, output_dir)
+    if start_processes:
+        return train_in_processes(defender, train, evaluation, config, output_dir)
     return train_defender_on_table(defender, train, config, output_dir, evaluation, callbacks)
 
 

@@ -39,15 +39,6 @@ import torch.multiprocessing as mp
 
 logger = logging.getLogger(__name__)
 
-DISTRIBUTED_ENV = (
-    "RANK",
-    "LOCAL_RANK",
-    "WORLD_SIZE",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-)
-
 
 def in_distributed_run() -> bool:
     """True inside a process that `accelerate launch`, torchrun or this module started."""
@@ -101,10 +92,10 @@ def _worker(
         LOCAL_WORLD_SIZE=str(world),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
-        # accelerate sets its own thread count on a multi-CPU run unless this is set
+        # accelerate sets its own thread count on a multi-CPU run unless this is set (the
+        # trainer then sets torch's to `config.threads`)
         OMP_NUM_THREADS=str(config.threads),
     )
-    torch.set_num_threads(config.threads)
     from aot.defender.model import Defender
     from aot.defender.sft import train_defender_on_table
 
@@ -127,14 +118,14 @@ def _worker(
 
 def train_in_processes(
     defender: Any,
-    tables: list[Any],
+    train: Any,
+    evaluation: Any | None,
     config: Any,
     output_dir: str | Path,
 ) -> tuple[Any, pd.DataFrame]:
     """`train_defender_on_table` in `config.processes` processes (batch `config.batch_size` in
-    all, an equal share each) on ``tables`` (the training `SFTTable` and the validation one or
-    None; the list is emptied once they are on disk, so this process does not hold them while
-    the others train). Returns the trained Defender and rank 0's training log."""
+    all, an equal share each) on the `SFTTable`s ``train`` and ``evaluation`` (or None).
+    Returns the trained Defender and rank 0's training log."""
     from aot.defender.model import Defender
 
     world = int(config.processes)
@@ -147,12 +138,9 @@ def train_in_processes(
     work = Path(output_dir) / "processes"
     work.mkdir(parents=True, exist_ok=True)
     defender.save_pretrained(work / "defender_in")
-    train, evaluation = tables
     _save_table(train, work / "train")
     if evaluation is not None:
         _save_table(evaluation, work / "eval")
-    tables.clear()
-    del train, evaluation
     port = free_port()
     logger.info(
         "Defender SFT in %d processes, %d thread(s) and batch %d each (gloo on 127.0.0.1:%d)",
@@ -161,8 +149,7 @@ def train_in_processes(
         per_process.batch_size,
         port,
     )
-    saved = {k: os.environ.get(k) for k in DISTRIBUTED_ENV}
-    try:
+    try:  # the distributed environment is set in the started processes only
         mp.start_processes(
             _worker,
             args=(world, port, str(work), per_process, str(output_dir)),
@@ -171,11 +158,5 @@ def train_in_processes(
         )
     except mp.ProcessRaisedException as error:
         raise RuntimeError(f"Defender SFT in {world} processes failed:\n{error}") from error
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     trained = Defender.from_pretrained(work / "defender_out")
     return trained, pd.read_pickle(work / "log.pkl")

@@ -158,12 +158,9 @@ def pretrain_defender(
                 "(run `kedro run --pipelines bootstrap_dataset --tags source_data` first)"
             )
         sets["extended"] = (extended_scenes, extended_records, extended_images, extended_repeats)
+    examples = pretraining_examples(sets, data, mode, seed)
     with tempfile.TemporaryDirectory(prefix="aot-pretrain-") as tmp:
-        # no name kept for the conversations, so that training in several processes can free
-        # them here while the processes train
-        trained, log = train_defender_sft(
-            defender, pretraining_examples(sets, data, mode, seed), config, tmp
-        )
+        trained, log = train_defender_sft(defender, examples, config, tmp)
     evaluation = {
         "split": "val",
         "answer_mode": mode,
