@@ -232,6 +232,8 @@ def test_a_command_line_override_is_named_as_such(tmp_path: Path) -> None:
     root = _conf_copy(tmp_path)
     errors = _errors(root, runtime_params={"baselines": {"rounds": 0}})
     assert errors == ["--params: baselines.rounds must be a positive integer, got 0"]
+    errors = _errors(root, runtime_params={"baselines": {"threads": 0}})
+    assert errors == ["--params: baselines.threads must be a positive integer, got 0"]
 
 
 def test_every_problem_is_reported_in_one_error() -> None:

@@ -826,7 +826,12 @@ def _check_selfplay_evaluation(key: str, value: Any, ctx: _Context) -> list[Issu
 
 
 def _check_baselines(key: str, value: Any, ctx: _Context) -> list[Issue]:
-    return _plain(key, value, ctx, {"rounds": positive_int, "max_records": positive_int})
+    return _plain(
+        key,
+        value,
+        ctx,
+        {"rounds": positive_int, "max_records": positive_int, "threads": optional_positive_int},
+    )
 
 
 def _check_evaluation(key: str, value: Any, ctx: _Context) -> list[Issue]:

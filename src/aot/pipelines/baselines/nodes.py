@@ -27,6 +27,8 @@ def _dapo(
     steps = int(dapo.get("max_steps", 24)) * int(baselines.get("rounds", 3))
     logger.info("Baseline %s: DAPO for %d steps on %d rows", name, steps, len(table))
     params = {**dapo, "max_steps": steps, "seed": seed + 7919}
+    if baselines.get("threads"):  # e.g. 1 each when the two baselines train side by side
+        params["threads"] = int(baselines["threads"])
     return run_dapo(defender, table, images, params, f"baseline_{name}")
 
 
