@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from aot.attacker import AttackerConfig, EditPlanner, PlannerConfig, build_box_edit_pipeline
 from aot.pipelines.bootstrap_dataset.nodes import generate_source_scenes
-from aot.pipelines.evaluation.suite_nodes import answer_suites, build_suites, report_evaluation
+from aot.pipelines.evaluation.suite_nodes import (
+    answer_suites,
+    attack_suite,
+    build_suites,
+    report_evaluation,
+)
 
 
 class SaysYes:
@@ -43,7 +50,7 @@ def test_suites_answers_and_report(world) -> None:  # noqa: ANN001
         "suites": {"clean_records": 40, "unseen_records": 6, "unseen": ["blur", "crop"]},
         "protocols": ["greedy", "strict"],
     }
-    suites, extra = build_suites(None, scenes, records, images, params, 0)
+    suites, extra = build_suites(records, images, params, 0)
     assert set(suites["suite"]) == {"clean", "unseen_blur", "unseen_crop"}
     assert (suites["suite"] == "unseen_blur").sum() == 6
     assert set(suites.loc[suites["suite"] != "clean", "image"]) <= set(extra)
@@ -70,6 +77,72 @@ def test_suites_answers_and_report(world) -> None:  # noqa: ANN001
     clean_yes = records.set_index("record_id").loc[blur["source_record_id"], "answer_text"]
     assert metrics["base/unseen_blur/greedy/attack_success/overall"] == 0.0
     assert metrics["base/unseen_blur/greedy/pairs/overall"] == int((clean_yes == "Yes").sum())
+
+
+def _attacker(seed: int):  # noqa: ANN202
+    pipe = build_box_edit_pipeline(
+        AttackerConfig(
+            crop_size=16, block_out_channels=(8, 16), attention_head_dim=8, norm_num_groups=4
+        ),
+        seed,
+    )
+    torch.manual_seed(seed)
+    pipe.planner = EditPlanner(PlannerConfig(edit_kinds=("add", "replace")))
+    for p in pipe.planner.parameters():  # heads start at zero; make the two plan differently
+        torch.nn.init.normal_(p, std=0.05)
+    return pipe
+
+
+def test_each_attackers_suite_is_the_same_whatever_ran_before(world) -> None:  # noqa: ANN001
+    """The evaluation edits with each Attacker in its own node, two at a time under
+    `ParallelRunner`: a suite must not depend on which Attacker a process edited with before."""
+    scenes, records, images = world
+    params = {
+        "split": "test",
+        "suites": {
+            "clean_records": 4,
+            "attacked_records": 4,
+            "attacked_edits_per_record": 2,
+            "sampling_steps": 2,
+            "unseen": [],
+            "reward": {"validity_checks": []},  # a random editor paints no valid object
+        },
+    }
+    attackers = {"cold": _attacker(0), "round_1": _attacker(1)}
+
+    def suites(order: list[str]) -> dict[str, tuple[pd.DataFrame, dict]]:
+        out = {}
+        for name in order:
+            torch.rand(7)  # whatever the process drew before
+            out[name] = attack_suite(
+                SaysYes(), scenes, records, images, params, 0, attackers[name], attacker_name=name
+            )
+        return out
+
+    forward, backward = suites(["cold", "round_1"]), suites(["round_1", "cold"])
+    for name in attackers:
+        (table, edited), (table2, edited2) = forward[name], backward[name]
+        pd.testing.assert_frame_equal(table, table2)
+        assert list(edited) == list(edited2) == list(table["image"])
+        assert all(np.array_equal(np.asarray(edited[k]), np.asarray(edited2[k])) for k in edited)
+        assert set(table["suite"]) == {f"attacked_{name}"}
+    assert not forward["cold"][0]["image"].isin(forward["round_1"][0]["image"]).any()
+    cold, round_1 = ({k.split("-", 2)[2]: v for k, v in forward[n][1].items()} for n in attackers)
+    same = [
+        np.array_equal(np.asarray(cold[k]), np.asarray(round_1[k]))
+        for k in cold.keys() & round_1.keys()
+    ]
+    assert same and not all(same)  # two Attackers, two sets of edits of the same records
+
+    parts = [x for name in attackers for x in forward[name]]
+    table, extra = build_suites(records, images, params, 0, *parts, attacker_names=tuple(attackers))
+    assert table["suite"].value_counts().to_dict() == {
+        "clean": 4,
+        **{f"attacked_{n}": len(forward[n][0]) for n in attackers},
+    }
+    assert set(extra) == set(table.loc[table["suite"] != "clean", "image"])
+    with pytest.raises(ValueError, match="3 attacked inputs for 2 Attackers"):
+        build_suites(records, images, params, 0, *parts[:3], attacker_names=tuple(attackers))
 
 
 def _paired_table(fooled: int) -> pd.DataFrame:

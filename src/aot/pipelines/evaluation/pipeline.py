@@ -12,7 +12,12 @@ from aot.pipelines.evaluation.nodes import (
     robustness_by_round,
     summarize_clean,
 )
-from aot.pipelines.evaluation.suite_nodes import answer_suites, build_suites, report_evaluation
+from aot.pipelines.evaluation.suite_nodes import (
+    answer_suites,
+    attack_suite,
+    build_suites,
+    report_evaluation,
+)
 from aot.pipelines.selfplay.schedule import load_rounds
 
 DATA = ["extended_scenes", "extended_records", "extended_images"]
@@ -50,13 +55,27 @@ def _create_pipeline(rounds: list[str]) -> Pipeline:
             outputs="clean_metrics",
             name="summarize_clean",
         ),
+    ]
+    attacked = []
+    for name, dataset in attackers.items():
+        outputs = [f"evaluation_attacked_{name}", f"evaluation_attacked_images_{name}"]
+        nodes.append(
+            Node(
+                bind(attack_suite, attacker_name=name),
+                ["sft_defender", *DATA, "params:evaluation", "params:seed", dataset],
+                outputs,
+                name=f"attack_suite_{name}",
+            )
+        )
+        attacked += outputs
+    nodes.append(
         Node(
             bind(build_suites, attacker_names=tuple(attackers)),
-            ["sft_defender", *DATA, "params:evaluation", "params:seed", *attackers.values()],
+            ["extended_records", "extended_images", "params:evaluation", "params:seed", *attacked],
             ["evaluation_suites", "evaluation_suite_images"],
             name="build_suites",
-        ),
-    ]
+        )
+    )
     for name, dataset in defenders.items():
         nodes.append(
             Node(

@@ -44,19 +44,9 @@ SUITE_COLUMNS = [
 ]
 
 
-def build_suites(
-    base_defender: Defender,
-    scenes: pd.DataFrame,
-    records: pd.DataFrame,
-    images: dict[str, Any],
-    params: dict[str, Any],
-    seed: int,
-    *attackers: BoxEditPipeline,
-    attacker_names: tuple[str, ...] = (),
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The held-out suites as one table (``suite`` column) plus the images they need beyond the
-    extended ones: each Attacker's edits (valid ones only: integrity, guard, validity) and the
-    unseen manipulations (never used in training; target pixels kept)."""
+def _clean_rows(records: pd.DataFrame, params: dict[str, Any], seed: int) -> pd.DataFrame:
+    """The clean suite: a seeded sample of the held-out split (the attacked and unseen suites
+    edit its first rows)."""
     suites = params.get("suites", {})
     split = params.get("split", "test")
     held_out = records[records["split"] == split]
@@ -65,31 +55,70 @@ def build_suites(
     clean = held_out.sample(
         n=min(len(held_out), int(suites.get("clean_records", 120))), random_state=seed
     ).reset_index(drop=True)
-    clean = clean.assign(source_record_id=clean["record_id"])
+    return clean.assign(source_record_id=clean["record_id"])
+
+
+def attack_suite(
+    base_defender: Defender,
+    scenes: pd.DataFrame,
+    records: pd.DataFrame,
+    images: dict[str, Any],
+    params: dict[str, Any],
+    seed: int,
+    attacker: BoxEditPipeline,
+    *,
+    attacker_name: str,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One Attacker's suite: its valid edits (integrity, guard, validity) of the clean suite's
+    first rows, and the edited images. One node per Attacker, so that a parallel runner edits
+    with two at once; each call seeds its own sampling, so the order does not matter."""
+    suites = params.get("suites", {})
+    clean = _clean_rows(records, params, seed)
+    attacked, edited = attack_records(
+        attacker,
+        base_defender,
+        clean.head(int(suites.get("attacked_records", 100))),
+        images,
+        scenes,
+        edits_per_record=int(suites.get("attacked_edits_per_record", 1)),
+        sampling_steps=int(suites.get("sampling_steps", 6)),
+        noise_level=float(suites.get("noise_level", 0.7)),
+        k=1,
+        batch_size=32,
+        seed=seed + 17,
+        prefix=f"eval-{attacker_name}",
+        reward=suites.get("reward"),
+    )
+    valid = attacked[(attacked["gate"] > 0) & (attacked["gt_ok"] > 0) & (attacked["valid"] > 0)]
+    logger.info("suite attacked_%s: %d valid edits of %d", attacker_name, len(valid), len(attacked))
+    table = valid[SUITE_COLUMNS + ["clean_image"]].assign(suite=f"attacked_{attacker_name}")
+    return table.reset_index(drop=True), {k: edited[k] for k in valid["image"]}
+
+
+def build_suites(
+    records: pd.DataFrame,
+    images: dict[str, Any],
+    params: dict[str, Any],
+    seed: int,
+    *attacked: Any,
+    attacker_names: tuple[str, ...] = (),
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The held-out suites as one table (``suite`` column) plus the images they need beyond the
+    extended ones: the clean suite, each Attacker's suite (``attacked``: `attack_suite`'s table
+    and images per name in ``attacker_names``, in turn) and the unseen manipulations (never used
+    in training; target pixels kept)."""
+    if len(attacked) != 2 * len(attacker_names):
+        raise ValueError(
+            f"build_suites: {len(attacked)} attacked inputs for {len(attacker_names)} Attackers "
+            "(a table and its images each)"
+        )
+    suites = params.get("suites", {})
+    clean = _clean_rows(records, params, seed)
     parts = [clean[SUITE_COLUMNS].assign(suite="clean", clean_image=clean["image"])]
     extra: dict[str, Any] = {}
-    n_attacked = int(suites.get("attacked_records", 100))
-    edits = int(suites.get("attacked_edits_per_record", 1))
-    for name, attacker in zip(attacker_names, attackers, strict=True):
-        attacked, edited = attack_records(
-            attacker,
-            base_defender,
-            clean.head(n_attacked),
-            images,
-            scenes,
-            edits_per_record=edits,
-            sampling_steps=int(suites.get("sampling_steps", 6)),
-            noise_level=float(suites.get("noise_level", 0.7)),
-            k=1,
-            batch_size=32,
-            seed=seed + 17,
-            prefix=f"eval-{name}",
-            reward=suites.get("reward"),
-        )
-        valid = attacked[(attacked["gate"] > 0) & (attacked["gt_ok"] > 0) & (attacked["valid"] > 0)]
-        logger.info("suite attacked_%s: %d valid edits of %d", name, len(valid), len(attacked))
-        parts.append(valid[SUITE_COLUMNS + ["clean_image"]].assign(suite=f"attacked_{name}"))
-        extra.update({k: edited[k] for k in valid["image"]})
+    for table, edited in zip(attacked[0::2], attacked[1::2], strict=True):
+        parts.append(table)
+        extra.update(edited)
     names = list(suites.get("unseen", list(UNSEEN_MANIPULATIONS)))
     if names:
         base = clean.head(int(suites.get("unseen_records", 32)))
