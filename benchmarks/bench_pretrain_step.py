@@ -87,6 +87,17 @@ def load_inputs() -> tuple[Any, list, dict[str, Any]]:
     return defender, examples, pretrain["trainer"]
 
 
+def model_batch(defender: Any, examples: list) -> dict[str, Any]:
+    """``examples`` collated as the trainer does, without the dense and grounding targets (which
+    only the trainer's own losses read): what the model's forward takes."""
+    collator = DenseCollator(processor=defender.processor, assistant_only_loss=True)
+    rows = _dataset(examples, _image_tokens(defender, examples[0].image))
+    batch = collator([dict(r) for r in rows])
+    batch.pop("dense_targets")
+    batch.pop("grounding_targets")
+    return batch
+
+
 def trainer_seconds_per_step(
     defender: Any, examples: list, trainer: dict[str, Any], setting: dict[str, Any], steps: int
 ) -> float:

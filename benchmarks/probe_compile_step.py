@@ -17,8 +17,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
-from aot.defender.sft import DenseCollator, _dataset, _image_tokens
-from bench_pretrain_step import load_inputs
+from bench_pretrain_step import load_inputs, model_batch
 
 
 def run(m: Any, batches: list, label: str, rounds: int = 2) -> None:
@@ -38,15 +37,7 @@ def main() -> None:
     torch.set_num_threads(2)
     defender, examples, _ = load_inputs()
     random.seed(0)
-    tokens = _image_tokens(defender, examples[0].image)
-    collator = DenseCollator(processor=defender.processor, assistant_only_loss=True)
-    batches = []
-    for _ in range(6):
-        rows = _dataset(random.sample(examples, 32), tokens)
-        batch = collator([dict(r) for r in rows])
-        batch.pop("dense_targets")
-        batch.pop("grounding_targets")
-        batches.append(batch)
+    batches = [model_batch(defender, random.sample(examples, 32)) for _ in range(6)]
     print("lengths", [b["input_ids"].shape[1] for b in batches], flush=True)
     model = defender.model.train()
 

@@ -19,8 +19,7 @@ import torch
 
 from aot.attacker.editing import flow_matching_loss
 from aot.attacker.pipeline import build_box_edit_pipeline
-from aot.defender.sft import DenseCollator, _dataset, _image_tokens
-from bench_pretrain_step import load_inputs
+from bench_pretrain_step import load_inputs, model_batch
 
 
 def gradients(
@@ -53,11 +52,7 @@ def compare(name: str, model: torch.nn.Module, loss_of: Callable[[], torch.Tenso
 def main() -> None:
     defender, examples, _ = load_inputs()
     random.seed(0)
-    tokens = _image_tokens(defender, examples[0].image)
-    collator = DenseCollator(processor=defender.processor, assistant_only_loss=True)
-    batch = collator([dict(r) for r in _dataset(random.sample(examples, 32), tokens)])
-    batch.pop("dense_targets")
-    batch.pop("grounding_targets")
+    batch = model_batch(defender, random.sample(examples, 32))
     model = defender.model.train()
     compare("Defender", model, lambda: model(**batch).loss)
 

@@ -48,6 +48,34 @@ def tiny_defender_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_config():  # noqa: ANN201
+    """A tiny box-edit Attacker config (`aot.attacker.AttackerConfig`): tests train in seconds."""
+    from aot.attacker import AttackerConfig
+
+    return AttackerConfig(
+        crop_size=16, block_out_channels=(8, 16), attention_head_dim=8, norm_num_groups=4
+    )
+
+
+@pytest.fixture(scope="session")
+def random_planner():  # noqa: ANN201
+    """``random_planner(seed)``: an edit planner (add and replace) with random weights. A fresh
+    planner's heads start at zero, so copies of it could not be told apart, nor plan differently."""
+    import torch
+
+    from aot.attacker import EditPlanner, PlannerConfig
+
+    def build(seed: int) -> EditPlanner:
+        torch.manual_seed(seed)
+        planner = EditPlanner(PlannerConfig(edit_kinds=("add", "replace")))
+        for p in planner.parameters():
+            torch.nn.init.normal_(p, std=0.05)
+        return planner
+
+    return build
+
+
 def _copy_project(dest: Path) -> Path:
     """The project's configuration copied into ``dest``, so runs there never touch data/."""
     for name in ("conf", "pyproject.toml", ".telemetry"):

@@ -1,4 +1,5 @@
-"""Attacker fixtures: a tiny UNet config so tests train in seconds, and a sample scene."""
+"""Attacker fixtures: a tiny editor (its config, `tiny_config`, is in tests/conftest.py) and a
+sample scene."""
 
 from __future__ import annotations
 
@@ -12,20 +13,11 @@ from PIL import Image
 from aot.attacker import AttackerConfig, BoxEditPipeline, build_box_edit_pipeline
 from aot.world import Scene, WorldConfig, sample_scene
 
-TINY = AttackerConfig(
-    crop_size=16, block_out_channels=(8, 16), attention_head_dim=8, norm_num_groups=4
-)
-
 
 @pytest.fixture(scope="session")
-def tiny_config() -> AttackerConfig:
-    return TINY
-
-
-@pytest.fixture(scope="session")
-def tiny_pipe() -> BoxEditPipeline:
+def tiny_pipe(tiny_config: AttackerConfig) -> BoxEditPipeline:
     """Random weights, never trained: tests may only read it (train on a fresh build)."""
-    return build_box_edit_pipeline(TINY, seed=0)
+    return build_box_edit_pipeline(tiny_config, seed=0)
 
 
 @pytest.fixture(scope="session")

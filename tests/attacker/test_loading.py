@@ -21,7 +21,6 @@ from aot.attacker import (
     BoxEditPipeline,
     EditPlanner,
     PipelineWithPlanner,
-    PlannerConfig,
     build_box_edit_pipeline,
     with_planner,
 )
@@ -31,17 +30,6 @@ from aot.selfplay.curriculum import attack_records
 from aot.world import QuestionConfig, WorldConfig, make_questions, sample_scene
 
 LOADER = "aot.attacker.AttackerPipeline"
-TINY = AttackerConfig(
-    crop_size=16, block_out_channels=(8, 16), attention_head_dim=8, norm_num_groups=4
-)
-
-
-def _planner(seed: int) -> EditPlanner:
-    torch.manual_seed(seed)
-    planner = EditPlanner(PlannerConfig(edit_kinds=("add", "replace")))
-    for p in planner.parameters():  # heads start at zero; make the weights tell copies apart
-        torch.nn.init.normal_(p, std=0.05)
-    return planner
 
 
 def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -58,9 +46,11 @@ class YesDefender:
         return [["\\boxed{Yes}"] * n for _ in prompts]
 
 
-def test_the_box_editor_round_trips_with_its_planner(tmp_path: Path) -> None:
-    pipe = build_box_edit_pipeline(TINY, 0)
-    pipe.planner = _planner(0)
+def test_the_box_editor_round_trips_with_its_planner(
+    tmp_path: Path, tiny_config: AttackerConfig, random_planner: Any
+) -> None:
+    pipe = build_box_edit_pipeline(tiny_config, 0)
+    pipe.planner = random_planner(0)
     dataset = ModelFolderDataset(path=str(tmp_path / "box"), loader=LOADER)
     dataset.save(with_planner(pipe))
     loaded = dataset.load()
@@ -71,10 +61,12 @@ def test_the_box_editor_round_trips_with_its_planner(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def qwen_attacker(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, EditPlanner]:
+def qwen_attacker(
+    tmp_path_factory: pytest.TempPathFactory, random_planner: Any
+) -> tuple[Any, EditPlanner]:
     """A tiny Qwen-Image-Edit + planner, saved through the catalog dataset and loaded back."""
     pipe = build_tiny_qwen_image_edit(seed=0)
-    pipe.planner = _planner(1)
+    pipe.planner = random_planner(1)
     wrapped = with_planner(pipe)
     assert isinstance(wrapped, PipelineWithPlanner)  # diffusers alone would drop the planner
     dataset = ModelFolderDataset(

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from aot.attacker import AttackerConfig, EditPlanner, PlannerConfig, build_box_edit_pipeline
+from aot.attacker import build_box_edit_pipeline
 from aot.pipelines.bootstrap_dataset.nodes import generate_source_scenes
 from aot.pipelines.evaluation.suite_nodes import (
     answer_suites,
@@ -79,21 +79,11 @@ def test_suites_answers_and_report(world) -> None:  # noqa: ANN001
     assert metrics["base/unseen_blur/greedy/pairs/overall"] == int((clean_yes == "Yes").sum())
 
 
-def _attacker(seed: int):  # noqa: ANN202
-    pipe = build_box_edit_pipeline(
-        AttackerConfig(
-            crop_size=16, block_out_channels=(8, 16), attention_head_dim=8, norm_num_groups=4
-        ),
-        seed,
-    )
-    torch.manual_seed(seed)
-    pipe.planner = EditPlanner(PlannerConfig(edit_kinds=("add", "replace")))
-    for p in pipe.planner.parameters():  # heads start at zero; make the two plan differently
-        torch.nn.init.normal_(p, std=0.05)
-    return pipe
-
-
-def test_each_attackers_suite_is_the_same_whatever_ran_before(world) -> None:  # noqa: ANN001
+def test_each_attackers_suite_is_the_same_whatever_ran_before(
+    world,
+    tiny_config,
+    random_planner,  # noqa: ANN001
+) -> None:
     """The evaluation edits with each Attacker in its own node, two at a time under
     `ParallelRunner`: a suite must not depend on which Attacker a process edited with before."""
     scenes, records, images = world
@@ -108,7 +98,10 @@ def test_each_attackers_suite_is_the_same_whatever_ran_before(world) -> None:  #
             "reward": {"validity_checks": []},  # a random editor paints no valid object
         },
     }
-    attackers = {"cold": _attacker(0), "round_1": _attacker(1)}
+    attackers = {}
+    for seed, name in enumerate(["cold", "round_1"]):
+        attackers[name] = build_box_edit_pipeline(tiny_config, seed)
+        attackers[name].planner = random_planner(seed)  # two Attackers that plan differently
 
     def suites(order: list[str]) -> dict[str, tuple[pd.DataFrame, dict]]:
         out = {}
