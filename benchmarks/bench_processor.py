@@ -25,7 +25,7 @@ from report_notes import write_report
 ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("bench_processor")
 DEFENDER = ROOT / "data/06_models/defender_sft"
-SUITE_IMAGES = ROOT / "data/07_model_output/evaluation/suite_images"
+EVALUATION = ROOT / "data/07_model_output/evaluation"
 PROMPT = "Which shape is left of the red circle?\n(a) star\n(b) square\n(c) disc\n(d) ring"
 
 
@@ -36,9 +36,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/processor.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    files = sorted(SUITE_IMAGES.glob("*.png"))
+    # the unseen manipulations' images and every Attacker's edits (attacked_images/<attacker>)
+    found = [*EVALUATION.glob("suite_images/*.png"), *EVALUATION.glob("attacked_images/*/*.png")]
+    files = sorted(found, key=lambda f: f.name)
     if not files or not DEFENDER.is_dir():
-        raise SystemExit(f"needs {SUITE_IMAGES} and {DEFENDER}: run `dvc repro evaluation` first")
+        raise SystemExit(f"needs {EVALUATION} and {DEFENDER}: run `dvc repro evaluation` first")
     defender = Defender.from_pretrained(DEFENDER)
     processor = defender.processor
     images = [Image.open(f).convert("RGB") for f in files]

@@ -123,3 +123,26 @@ def test_a_file_rewritten_in_place_with_its_size_and_time_is_decoded_again(
     )
     assert np.array_equal(np.asarray(dataset.load()["a"]()), np.asarray(_noise(16, 7)))
     assert decodes == ["a.png", "a.png"]
+
+
+def test_the_evaluation_keeps_no_second_copy_and_hands_out_copies(
+    tmp_path: Path, decodes: list[str]
+) -> None:
+    """`DecodedImages` keeps the process's decoded picture itself (one copy in memory, not two),
+    and what it hands to a reader is a copy, so drawing on it changes nothing shared."""
+    from aot.defender.image_cache import BoundedCache
+    from aot.evaluation.protocols import DecodedImages, load_picture
+
+    dataset = ImageFolderDataset(path=str(tmp_path / "images"))
+    dataset.save({"a": _noise(16, 1)})
+    loaders = dataset.load()
+    cache = BoundedCache(2**20)
+    decoded = DecodedImages(loaders, cache)
+    kept = decoded["a"]
+    assert kept is next(iter(DECODED.pictures.values())) and cache[("picture", "a")] is kept
+    handed = load_picture(decoded, "a")
+    assert handed is not kept
+    handed.paste((0, 0, 0), (0, 0, 16, 16))
+    assert np.array_equal(np.asarray(decoded["a"]), np.asarray(_noise(16, 1)))
+    assert np.array_equal(np.asarray(loaders["a"]()), np.asarray(_noise(16, 1)))
+    assert decodes == ["a.png"]

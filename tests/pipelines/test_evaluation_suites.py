@@ -127,73 +127,21 @@ def test_each_attackers_suite_is_the_same_whatever_ran_before(
     ]
     assert same and not all(same)  # two Attackers, two sets of edits of the same records
 
-    parts = [x for name in attackers for x in forward[name]]
-    table, extra = build_suites(records, images, params, 0, *parts, attacker_names=tuple(attackers))
+    tables = [forward[name][0] for name in attackers]
+    table, extra = build_suites(
+        records, images, params, 0, *tables, attacker_names=tuple(attackers)
+    )
     assert table["suite"].value_counts().to_dict() == {
         "clean": 4,
         **{f"attacked_{n}": len(forward[n][0]) for n in attackers},
     }
-    assert set(extra) == set(table.loc[table["suite"] != "clean", "image"])
-    with pytest.raises(ValueError, match="3 attacked inputs for 2 Attackers"):
-        build_suites(records, images, params, 0, *parts[:3], attacker_names=tuple(attackers))
+    assert extra == {}  # the edited images stay with their Attacker's node output
+    with pytest.raises(ValueError, match="1 attacked tables for 2 Attackers"):
+        build_suites(records, images, params, 0, *tables[:1], attacker_names=tuple(attackers))
 
-
-def _paired_table(fooled: int) -> pd.DataFrame:
-    """Ten clean-right questions, each edited once by two Attackers; `fooled` of the first
-    Attacker's edits are answered wrong."""
-    rows = []
-    for i in range(10):
-        common = {
-            "protocol": "greedy",
-            "family": "attribute",
-            "source_record_id": f"r{i}",
-            "extracted": "red",
-        }
-        rows.append({**common, "suite": "clean", "record_id": f"r{i}", "correct": True})
-        for name in ("cold", "round_1"):
-            wrong = name == "cold" and i < fooled
-            rows.append(
-                {
-                    **common,
-                    "suite": f"attacked_{name}",
-                    "record_id": f"{name}-r{i}",
-                    "correct": not wrong,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-@pytest.mark.parametrize(
-    ("base_fooled", "aot_fooled", "verdict"),
-    [(4, 1, "lower than every"), (1, 4, "not lower than base")],
-)
-def test_report_pairs_attacked_rows_with_clean_answers(base_fooled, aot_fooled, verdict) -> None:  # noqa: ANN001
-    metrics, _, report = report_evaluation(
-        _paired_table(base_fooled), _paired_table(aot_fooled), model_names=("base", "aot_round_1")
-    )
-    assert metrics["base/attacked_cold/greedy/attack_success/overall"] == base_fooled / 10
-    assert metrics["aot_round_1/attacked_pooled/greedy/attack_success/overall"] == aot_fooled / 20
-    assert metrics["aot_round_1/attacked_pooled/greedy/pairs/overall"] == 20
-    assert f"| attacked_pooled | {base_fooled / 20:.3f} ({base_fooled}/20) |" in report
-    assert verdict in report
-
-
-def test_report_compares_models_on_common_questions_too() -> None:
-    # base: all ten right when clean, four broken by the cold Attacker. aot: those four wrong
-    # when clean (and after the edit), nothing else broken: on its own pairs it looks robust
-    # (0 of 12), on the six questions both answer right both are at 0 of 12.
-    base = _paired_table(4)
-    aot = _paired_table(0)
-    lost = aot["source_record_id"].isin([f"r{i}" for i in range(4)])
-    aot.loc[lost, "correct"] = False
-    metrics, _, report = report_evaluation(base, aot, model_names=("base", "aot_round_1"))
-    assert metrics["aot_round_1/attacked_pooled/greedy/attack_success/overall"] == 0.0
-    assert metrics["aot_round_1/attacked_pooled/greedy/pairs/overall"] == 12
-    assert metrics["base/attacked_pooled/greedy/attack_success/overall"] == 4 / 20
-    for model in ("base", "aot_round_1"):
-        assert metrics[f"{model}/attacked_pooled/greedy/common_pairs/overall"] == 12
-        assert metrics[f"{model}/attacked_pooled/greedy/common_fooled/overall"] == 0
-    plain, common = report.split("## Attack success on common questions (paired)")
-    assert "lower than every other model" in plain
-    assert "not lower than base" in common
-    assert "| attacked_pooled | 0.000 (0/12) | 0.000 (0/12) |" in common
+    edited = [forward[name][1] for name in attackers]
+    params["protocols"] = ["greedy"]
+    answered = answer_suites(SaysYes(), table, extra, images, params, 0, *edited)
+    assert answered["suite"].value_counts().to_dict() == table["suite"].value_counts().to_dict()
+    with pytest.raises(KeyError, match="eval-round_1-"):
+        answer_suites(SaysYes(), table, extra, images, params, 0, *edited[:1])

@@ -77,13 +77,18 @@ class PictureDataset(ImageDataset):
     """
 
     def load(self) -> Image.Image:
+        return self.load_shared().copy()
+
+    def load_shared(self) -> Image.Image:
+        """The process's decoded picture itself, not a copy: only for a reader that never
+        draws on it (`aot.evaluation.protocols.DecodedImages`, which hands out copies)."""
         version = self._decoded_key()
         hit = DECODED.get(version) if version is not None else None
         if hit is None:
             hit = super().load()
             if version is not None:
                 DECODED.put(version, hit)
-        return hit.copy()
+        return hit
 
     def _decoded_key(self) -> FileVersion | None:
         if self._protocol not in (None, "file") or DECODED_CACHE_BYTES <= 0:

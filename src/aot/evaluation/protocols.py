@@ -64,7 +64,13 @@ def load_picture(images: Mapping[str, Any], key: str) -> Any:
 class DecodedImages(Mapping[str, Any]):
     """``images`` whose pictures, once loaded and decoded, are kept in ``cache`` (a dict, or an
     ``aot.defender.image_cache.BoundedCache`` that stops keeping them when full), so that the
-    strict protocol's later trials do not decode the same PNG again."""
+    strict protocol's later trials do not decode the same PNG again.
+
+    A lazily loaded image whose dataset keeps the process's decoded pictures
+    (``aot.datasets.images.PictureDataset``: its ``load_shared``) is kept as that very picture,
+    not as a copy, so the cache holds no second copy of it; readers get a copy through
+    `load_picture`, so no one can draw on the shared one.
+    """
 
     def __init__(self, images: Mapping[str, Any], cache: MutableMapping[Any, Any]) -> None:
         self.images = images
@@ -73,7 +79,11 @@ class DecodedImages(Mapping[str, Any]):
     def __getitem__(self, key: str) -> Any:
         hit = self.cache.get(("picture", key))
         if hit is None:
-            hit = load_picture(self.images, key)
+            value = self.images.get(key)
+            shared = getattr(getattr(value, "__self__", None), "load_shared", None)
+            hit = shared() if shared is not None else None
+            if hit is None or hit.mode != "RGB":
+                hit = load_picture(self.images, key)
             self.cache[("picture", key)] = hit
         return hit
 

@@ -56,7 +56,7 @@ def _create_pipeline(rounds: list[str]) -> Pipeline:
             name="summarize_clean",
         ),
     ]
-    attacked = []
+    attacked_tables, attacked_images = [], []
     for name, dataset in attackers.items():
         outputs = [f"evaluation_attacked_{name}", f"evaluation_attacked_images_{name}"]
         nodes.append(
@@ -67,11 +67,18 @@ def _create_pipeline(rounds: list[str]) -> Pipeline:
                 name=f"attack_suite_{name}",
             )
         )
-        attacked += outputs
+        attacked_tables.append(outputs[0])
+        attacked_images.append(outputs[1])
     nodes.append(
         Node(
             bind(build_suites, attacker_names=tuple(attackers)),
-            ["extended_records", "extended_images", "params:evaluation", "params:seed", *attacked],
+            [
+                "extended_records",
+                "extended_images",
+                "params:evaluation",
+                "params:seed",
+                *attacked_tables,
+            ],
             ["evaluation_suites", "evaluation_suite_images"],
             name="build_suites",
         )
@@ -87,6 +94,7 @@ def _create_pipeline(rounds: list[str]) -> Pipeline:
                     "extended_images",
                     "params:evaluation",
                     "params:seed",
+                    *attacked_images,
                 ],
                 f"evaluation_predictions_{name}",
                 name=f"answer_suites_{name}",

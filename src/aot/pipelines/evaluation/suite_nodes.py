@@ -100,36 +100,37 @@ def build_suites(
     images: dict[str, Any],
     params: dict[str, Any],
     seed: int,
-    *attacked: Any,
+    *attacked: pd.DataFrame,
     attacker_names: tuple[str, ...] = (),
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The held-out suites as one table (``suite`` column) plus the images they need beyond the
-    extended ones: the clean suite, each Attacker's suite (``attacked``: `attack_suite`'s table
-    and images per name in ``attacker_names``, in turn) and the unseen manipulations (never used
-    in training; target pixels kept)."""
-    if len(attacked) != 2 * len(attacker_names):
+    """The held-out suites as one table (``suite`` column) plus the unseen manipulations'
+    images: the clean suite, each Attacker's suite (``attacked``: `attack_suite`'s table per
+    name in ``attacker_names``, in turn) and the unseen manipulations (never used in training;
+    target pixels kept).
+
+    The Attackers' edited images stay in their own folders (`attack_suite`'s second output):
+    passed through here, every image would be held in memory once more, by the parallel
+    runner's manager process, and written to disk a second time.
+    """
+    if len(attacked) != len(attacker_names):
         raise ValueError(
-            f"build_suites: {len(attacked)} attacked inputs for {len(attacker_names)} Attackers "
-            "(a table and its images each)"
+            f"build_suites: {len(attacked)} attacked tables for {len(attacker_names)} Attackers"
         )
     suites = params.get("suites", {})
     clean = _clean_rows(records, params, seed)
     parts = [clean[SUITE_COLUMNS].assign(suite="clean", clean_image=clean["image"])]
+    parts += list(attacked)
     extra: dict[str, Any] = {}
-    for table, edited in zip(attacked[0::2], attacked[1::2], strict=True):
-        parts.append(table)
-        extra.update(edited)
     names = list(suites.get("unseen", list(UNSEEN_MANIPULATIONS)))
     if names:
         base = clean.head(int(suites.get("unseen_records", 32)))
-        unseen, unseen_images = apply_unseen(base[SUITE_COLUMNS], images, names, seed=seed)
+        unseen, extra = apply_unseen(base[SUITE_COLUMNS], images, names, seed=seed)
         parts.append(
             unseen[SUITE_COLUMNS].assign(
                 suite=[f"unseen_{m}" for m in unseen["manipulation"]],
                 clean_image=unseen["source_image"],
             )
         )
-        extra.update(unseen_images)
     table = pd.concat(parts, ignore_index=True)
     logger.info("Evaluation suites: %s", table["suite"].value_counts().to_dict())
     return table, extra
@@ -142,14 +143,20 @@ def answer_suites(
     images: dict[str, Any],
     params: dict[str, Any],
     seed: int,
+    *attacked_images: dict[str, Any],
 ) -> pd.DataFrame:
-    """Every suite row answered under each protocol in ``params.protocols``.
+    """Every suite row answered under each protocol in ``params.protocols``; its image is in
+    ``images`` (clean), ``suite_images`` (unseen manipulations) or one of ``attacked_images``
+    (each Attacker's edits).
 
     Each image is decoded and encoded once for all the protocols' passes (up to
     ``1 + trials``), within ``params.image_cache_mb`` megabytes (0: no reuse across passes).
     """
     cache = BoundedCache(int(params.get("image_cache_mb", 1024)) * 2**20)
-    pictures = DecodedImages({**images, **suite_images}, cache)
+    every = {**images, **suite_images}
+    for edited in attacked_images:
+        every.update(edited)
+    pictures = DecodedImages(every, cache)
     # a scripted Defender (tests) has nothing to reuse
     reuse = defender.reusing_images(cache) if hasattr(defender, "reusing_images") else nullcontext()
     with reuse:
