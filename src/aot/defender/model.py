@@ -21,6 +21,7 @@ from aot.defender.shared_prefill import (
     generate_greedy_and_sampled,
     generate_with_shared_prefill,
 )
+from aot.defender.vision_attention import batch_vision_attention
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Defender:
     answers_greedy_first = True
 
     def __init__(self, model: Any, processor: Any) -> None:
+        batch_vision_attention(model)  # the same numbers, fewer attention calls
         self.model = model
         self.processor = processor
         self._image_cache: MutableMapping[Any, Any] | None = None
