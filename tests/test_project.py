@@ -181,6 +181,10 @@ def _catalog_paths(project: Path, data_root: str = "data") -> dict[str, str]:
             for model in ["base", "clean_rl", "static_aug", *(f"aot_{r}" for r in rounds)]:
                 out[name.replace("{model}", model)] = path.replace("{model}", model)
             continue
+        if "{attacker}" in name:
+            for attacker in ["cold", *rounds]:
+                out[name.replace("{attacker}", attacker)] = path.replace("{attacker}", attacker)
+            continue
         for round_name in rounds if "{round}" in name else [None]:
             key = name.replace("{round}", round_name) if round_name else name
             out[key] = path.replace("{round}", round_name) if round_name else path
