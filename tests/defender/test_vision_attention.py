@@ -42,8 +42,8 @@ def test_batched_attention_equals_the_librarys(tiny_defender_dir: Path) -> None:
     plain = AutoModelForImageTextToText.from_pretrained(tiny_defender_dir)
     assert not any(type(m) is BatchedVisionAttention for m in plain.modules())
     batch = _batch(defender)
-    cu = batch["image_grid_thw"]
-    assert len(set(cu[:, 1].tolist())) == 3  # three image sizes, so chunks of several lengths
+    grid = batch["image_grid_thw"]
+    assert len(set(grid[:, 1].tolist())) == 3  # three image sizes, so chunks of several lengths
     loss, grads = _loss_and_grads(defender.model, batch)
     want_loss, want_grads = _loss_and_grads(plain, batch)
     assert torch.equal(loss, want_loss)
