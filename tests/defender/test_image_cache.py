@@ -156,6 +156,39 @@ def test_features_are_not_cached_while_recording_gradients(defender: Defender) -
     assert out.pooler_output[0].requires_grad  # the training forward still backpropagates
 
 
+def test_a_frozen_towers_features_are_cached_while_recording_gradients(
+    defender: Defender, monkeypatch
+) -> None:  # noqa: ANN001
+    """No gradient can reach a frozen tower, so its features are kept even in a training
+    forward; ``on_features`` gets the whole call's merged tokens, hits included."""
+    images = _images(2, 112, 7) + _images(1, 168, 8)
+    reference = _features(defender, images)
+    for p in defender.model.model.visual.parameters():
+        p.requires_grad_(False)
+    inputs = defender.processor.image_processor(images, return_tensors="pt")
+    calls = _count_vision_calls(defender, monkeypatch)
+    seen: list[torch.Tensor] = []
+    with cached_image_features(defender.model, {}, seen.append):
+        for _ in range(2):
+            out = defender.model.model.get_image_features(
+                inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True
+            )
+    assert torch.is_grad_enabled() and calls == [3]
+    for got in (out.pooler_output, *[t.split([16, 16, 36]) for t in seen]):
+        assert all(torch.equal(a, b) for a, b in zip(got, reference, strict=True))
+    assert len(seen) == 2 and not seen[1].requires_grad
+
+
+def test_cache_blocks_nest(defender: Defender) -> None:
+    owner = vision_owner(defender.model)
+    with cached_image_features(defender.model, {}):
+        outer = vars(owner)["get_image_features"]
+        with cached_image_features(defender.model, {}):
+            assert vars(owner)["get_image_features"] is not outer
+        assert vars(owner)["get_image_features"] is outer  # the inner block restored it
+    assert "get_image_features" not in vars(owner)
+
+
 def test_generate_answers_the_same_with_a_shared_cache(defender: Defender) -> None:
     images = _images(4, 112, 6) * 2
     prompts = [f"What colour is object {i}?" for i in range(8)]

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from trl import SFTConfig
@@ -126,6 +127,57 @@ def test_the_dense_loss_reaches_the_vision_tower(
     assert not torch.allclose(grads[0], grads[1])
 
 
+def _count_encoded_images(defender: Defender, monkeypatch) -> list[int]:  # noqa: ANN001
+    visual = defender.model.model.visual
+    calls: list[int] = []
+    original = type(visual).forward
+
+    def counting(self, hidden_states, grid_thw, **kwargs):  # noqa: ANN001, ANN202
+        calls.append(len(grid_thw))
+        return original(self, hidden_states, grid_thw, **kwargs)
+
+    monkeypatch.setattr(type(visual), "forward", counting)
+    return calls
+
+
+def test_a_frozen_tower_encodes_each_image_once_and_trains_the_same(
+    tiny_defender_dir: Path, world, tmp_path: Path, monkeypatch
+) -> None:  # noqa: ANN001
+    """The warm-up's feature cache: same weights, same log (dense and grounding losses
+    included), and the vision tower runs once per distinct image instead of once per use."""
+    records, images, graphs = world
+    head = records.head(24)
+    examples = world_examples(head, images, graphs, mode="word", repeats=3)
+    distinct = head["image"].nunique()
+    assert len(examples) == 3 * distinct >= 8
+    runs = []
+    for cache_mb in (0, 64):
+        defender = Defender.from_pretrained(tiny_defender_dir)
+        calls = _count_encoded_images(defender, monkeypatch)
+        config = DefenderSFTConfig(
+            max_steps=8,
+            batch_size=4,
+            logging_steps=1,
+            freeze_vision=True,
+            grounding_weight=0.5,
+            feature_cache_mb=cache_mb,
+        )
+        trained, log = train_defender_sft(defender, examples, config, tmp_path / str(cache_mb))
+        runs.append((trained.model.state_dict(), log, sum(calls)))
+        monkeypatch.undo()
+    (plain, plain_log, plain_calls), (cached, cached_log, cached_calls) = runs
+    # 8 steps of up to 4 conversations: the tower ran on every image of every batch, and with
+    # the cache once per distinct image
+    assert cached_calls <= distinct and plain_calls > 4 * distinct
+    assert all(torch.equal(plain[k], cached[k]) for k in plain)
+    assert not torch.equal(
+        plain["lm_head.weight"],
+        Defender.from_pretrained(tiny_defender_dir).model.state_dict()["lm_head.weight"],
+    )  # it did train
+    numbers = ["loss", "dense_loss", "grounding_loss"]
+    pd.testing.assert_frame_equal(plain_log[numbers], cached_log[numbers])
+
+
 def test_lora_training_returns_a_plain_merged_model(
     tiny_defender_dir: Path, world, tmp_path: Path
 ) -> None:  # noqa: ANN001
@@ -196,6 +248,8 @@ def test_sft_config_names_bad_keys() -> None:
         DefenderSFTConfig.from_dict({"max_stepz": 3})
     with pytest.raises(ValueError, match="max_steps"):
         DefenderSFTConfig.from_dict({"max_steps": 0})
+    with pytest.raises(ValueError, match="feature_cache_mb"):
+        DefenderSFTConfig.from_dict({"feature_cache_mb": -1})
     with pytest.raises(ValueError, match="no training examples"):
         train_defender_sft(None, [], DefenderSFTConfig(), "x")  # type: ignore[arg-type]
 

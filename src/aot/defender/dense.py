@@ -102,6 +102,11 @@ class VisionTap:
     def _hook(self, module: nn.Module, args: Sequence, output: object) -> None:
         self.tokens = output.pooler_output
 
+    def capture(self, tokens: torch.Tensor) -> None:
+        """Takes the tokens from elsewhere: cached image features skip the tower and its hook
+        (`aot.defender.image_cache.cached_image_features`'s ``on_features``)."""
+        self.tokens = tokens
+
     def remove(self) -> None:
         self._handle.remove()
 

@@ -10,7 +10,9 @@ memoises `image_processor.preprocess` per image content for the duration of a `w
 patches are exactly the ones the processor makes for that image alone.
 
 `cached_image_features` does the same one step later, for the vision tower: Qwen2.5-VL's
-`get_image_features` runs once per distinct patch tensor while no gradient is being recorded.
+`get_image_features` runs once per distinct patch tensor while its output can carry no gradient
+(none is being recorded, or the tower is frozen: the Defender warm-up trains the LM on the same
+images for several epochs with the vision tower fixed).
 The evaluation answers every suite image once per protocol and strict trial (up to 4 times), so
 it keeps the features, and the decoded pictures, for the whole node in a `BoundedCache`; it keeps
 no patches (about 40 times the features' size on the default), and `Defender.generate` runs the
@@ -25,7 +27,7 @@ not batch-invariant (some GPU attention and GEMM paths) can change the last bits
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -146,26 +148,44 @@ def vision_owner(model: Any) -> Any:
     return None
 
 
-@contextmanager
-def cached_image_features(model: Any, cache: MutableMapping[Any, Any]) -> Iterator[None]:
-    """Within the block, the model encodes each distinct image (same patches, same grid) once
-    while no gradient is recorded, and reuses its features otherwise.
+def carries_gradient(visual: Any, pixel_values: torch.Tensor) -> bool:
+    """Whether the vision tower's output on ``pixel_values`` would be part of a gradient."""
+    if not torch.is_grad_enabled():
+        return False
+    return pixel_values.requires_grad or any(p.requires_grad for p in visual.parameters())
 
-    Only valid while the weights do not change: callers keep a cache for one rollout batch
-    (DAPO), one answer batch, or one frozen model (evaluation). Calls that record gradients, or
-    that ask for more than the features (hidden states, attentions), go to the model unchanged.
+
+@contextmanager
+def cached_image_features(
+    model: Any,
+    cache: MutableMapping[Any, Any],
+    on_features: Callable[[torch.Tensor], None] | None = None,
+) -> Iterator[None]:
+    """Within the block, the model encodes each distinct image (same patches, same grid) once
+    while its features can carry no gradient, and reuses its features otherwise.
+
+    Only valid while the vision tower's weights do not change: callers keep a cache for one
+    rollout batch (DAPO), one answer batch, one frozen model (evaluation), or one training run
+    with the tower frozen (the warm-up). Calls whose features would carry a gradient, or that
+    ask for more than the features (hidden states, attentions), go to the model unchanged.
+
+    A cache hit skips the vision tower's forward, and with it any hook on it. ``on_features``
+    is called with the merged image tokens of the whole call, in image order (what the tower's
+    ``pooler_output`` would have been), each time the features come from this block: the
+    warm-up's dense loss reads them there (`aot.defender.dense.VisionTap.capture`). Blocks nest.
     """
     owner = vision_owner(model)
     if owner is None:
         yield
         return
     original = owner.get_image_features
+    outer = owner.__dict__.get("get_image_features")  # an enclosing block's patch, if any
 
     def get_image_features(
         pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, **kwargs: Any
     ) -> Any:
         extra = {k for k in kwargs if k != "return_dict"}
-        if torch.is_grad_enabled() or extra or image_grid_thw is None:
+        if carries_gradient(owner.visual, pixel_values) or extra or image_grid_thw is None:
             return original(pixel_values, image_grid_thw, **kwargs)
         sizes = image_grid_thw.prod(-1).tolist()
         chunks = pixel_values.split(sizes)
@@ -184,13 +204,18 @@ def cached_image_features(model: Any, cache: MutableMapping[Any, Any]) -> Iterat
                 # a copy, not a view, so the batch's tensor can be freed (a full cache declines it)
                 cache[key] = value.clone()
             features = [fresh[k] if f is None else f for k, f in zip(keys, features, strict=True)]
+        if on_features is not None:
+            on_features(torch.cat(features))
         return BaseModelOutputWithPooling(pooler_output=tuple(features))
 
     owner.get_image_features = get_image_features
     try:
         yield
     finally:
-        del owner.get_image_features
+        if outer is None:
+            del owner.get_image_features
+        else:
+            owner.get_image_features = outer
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -35,6 +36,7 @@ from aot.defender.dense import (
     VisionTap,
     dense_grounding_loss,
 )
+from aot.defender.image_cache import BoundedCache, cached_image_features
 from aot.defender.model import Defender, user_content
 from aot.defender.sft_processes import in_distributed_run, train_in_processes
 
@@ -79,6 +81,9 @@ class DefenderSFTConfig:
     grounding_layer: int = 2  # the LM layer whose image-token outputs are read out for it
     lora: dict[str, Any] | None = None
     freeze_vision: bool = False
+    # With the vision tower frozen, each image's features are computed once and kept, up to
+    # this many MB (0: off); the same numbers, without the tower's forward on later epochs.
+    feature_cache_mb: int = 1024
     time_budget_s: float | None = None
     logging_steps: int = 50
     threads: int | None = None  # per process; None: torch's default (the cores shared out)
@@ -107,6 +112,9 @@ class DefenderSFTConfig:
                 f"{prefix}.batch_size ({config.batch_size}) must be a multiple of "
                 f"{prefix}.processes ({config.processes})"
             )
+        cache_mb = config.feature_cache_mb
+        if not isinstance(cache_mb, int) or isinstance(cache_mb, bool) or cache_mb < 0:
+            raise ValueError(f"{prefix}.feature_cache_mb must be an integer >= 0, got {cache_mb!r}")
         if config.learning_rate <= 0:
             raise ValueError(f"{prefix}.learning_rate must be positive, got {config.learning_rate}")
         if config.dense_weight < 0:
@@ -521,7 +529,11 @@ def train_defender_on_table(
         callbacks=[TimeBudget(config.time_budget_s), *callbacks],
     )
     start = time.perf_counter()
-    trainer.train()
+    with ExitStack() as stack:
+        if config.freeze_vision and config.feature_cache_mb:
+            cache = BoundedCache(config.feature_cache_mb * 2**20)
+            stack.enter_context(cached_image_features(trainer.model, cache, trainer._tap.capture))
+        trainer.train()
     logger.info(
         "Defender SFT: %d steps in %.0f s", trainer.state.global_step, time.perf_counter() - start
     )
