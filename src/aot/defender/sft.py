@@ -39,6 +39,7 @@ from aot.defender.dense import (
 from aot.defender.image_cache import BoundedCache, cached_image_features
 from aot.defender.model import Defender, user_content
 from aot.defender.sft_processes import in_distributed_run, train_in_processes
+from aot.defender.spare_cores import SpareCoreThreads
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,9 @@ class DefenderSFTConfig:
     time_budget_s: float | None = None
     logging_steps: int = 50
     threads: int | None = None  # per process; None: torch's default (the cores shared out)
+    # Up to this many threads while other processes leave cores idle, checked every 25 steps
+    # (aot.defender.spare_cores; the same weights on any count); None: the count stays fixed.
+    spare_core_threads: int | None = None
     # Data-parallel processes on this machine (aot.defender.sft_processes): `batch_size` in all,
     # an equal share each. Another trajectory than one process: check a recipe's results again.
     processes: int = 1
@@ -111,6 +115,13 @@ class DefenderSFTConfig:
             raise ValueError(
                 f"{prefix}.batch_size ({config.batch_size}) must be a multiple of "
                 f"{prefix}.processes ({config.processes})"
+            )
+        spare = config.spare_core_threads
+        if spare is not None and (
+            not isinstance(spare, int) or isinstance(spare, bool) or spare < 1
+        ):
+            raise ValueError(
+                f"{prefix}.spare_core_threads must be null or a positive integer, got {spare!r}"
             )
         cache_mb = config.feature_cache_mb
         if not isinstance(cache_mb, int) or isinstance(cache_mb, bool) or cache_mb < 0:
@@ -514,6 +525,12 @@ def train_defender_on_table(
 
         peft_config = LoraConfig(task_type="CAUSAL_LM", **config.lora)
     collator = DenseCollator(processor=defender.processor, assistant_only_loss=True)
+    # not with several processes: each would take the same idle core
+    spare_cores = (
+        [SpareCoreThreads(config.spare_core_threads)]
+        if config.spare_core_threads and not in_distributed_run()
+        else []
+    )
     trainer = DenseSFTTrainer(
         model=model,
         args=args,
@@ -526,7 +543,7 @@ def train_defender_on_table(
         dense_loss=config.dense_loss,
         grounding_weight=config.grounding_weight,
         grounding_layer=config.grounding_layer,
-        callbacks=[TimeBudget(config.time_budget_s), *callbacks],
+        callbacks=[TimeBudget(config.time_budget_s), *spare_cores, *callbacks],
     )
     start = time.perf_counter()
     with ExitStack() as stack:
