@@ -114,25 +114,11 @@ def _features(defender: Defender, images: list[Image.Image]) -> tuple[torch.Tens
     return tuple(out.pooler_output)
 
 
-def _count_vision_calls(defender: Defender, monkeypatch) -> list[int]:  # noqa: ANN001
-    """From now on, the vision tower records how many images each of its calls encodes."""
-    visual = defender.model.model.visual
-    calls: list[int] = []
-    original = type(visual).forward
-
-    def counting(self, hidden_states, grid_thw, **kwargs):  # noqa: ANN001, ANN202
-        calls.append(len(grid_thw))
-        return original(self, hidden_states, grid_thw, **kwargs)
-
-    monkeypatch.setattr(type(visual), "forward", counting)
-    return calls
-
-
-def test_cached_features_equal_the_models_own(defender: Defender, monkeypatch) -> None:  # noqa: ANN001
+def test_cached_features_equal_the_models_own(defender: Defender, count_vision_calls) -> None:  # noqa: ANN001
     distinct = _images(3, 112, 3) + _images(1, 168, 4)
     batch = [distinct[i] for i in (0, 3, 0, 1, 2, 3, 1)]
     reference = _features(defender, batch)
-    calls = _count_vision_calls(defender, monkeypatch)
+    calls = count_vision_calls(defender)
     cache: dict = {}
     with cached_image_features(defender.model, cache):
         first = _features(defender, batch)
@@ -157,7 +143,7 @@ def test_features_are_not_cached_while_recording_gradients(defender: Defender) -
 
 
 def test_a_frozen_towers_features_are_cached_while_recording_gradients(
-    defender: Defender, monkeypatch
+    defender: Defender, count_vision_calls
 ) -> None:  # noqa: ANN001
     """No gradient can reach a frozen tower, so its features are kept even in a training
     forward; ``on_features`` gets the whole call's merged tokens, hits included."""
@@ -166,7 +152,7 @@ def test_a_frozen_towers_features_are_cached_while_recording_gradients(
     for p in defender.model.model.visual.parameters():
         p.requires_grad_(False)
     inputs = defender.processor.image_processor(images, return_tensors="pt")
-    calls = _count_vision_calls(defender, monkeypatch)
+    calls = count_vision_calls(defender)
     seen: list[torch.Tensor] = []
     with cached_image_features(defender.model, {}, seen.append):
         for _ in range(2):
@@ -225,7 +211,7 @@ def test_decoded_images_load_each_picture_once() -> None:
 
 def test_generate_encodes_an_image_a_batch_holds_twice_once(
     defender: Defender,
-    monkeypatch,  # noqa: ANN001
+    count_vision_calls,  # noqa: ANN001
 ) -> None:
     images = _images(2, 112, 8)
     batch = [images[0], images[1], images[0]]
@@ -234,6 +220,6 @@ def test_generate_encodes_an_image_a_batch_holds_twice_once(
         defender.generate([im], [q], max_new_tokens=4)[0]
         for im, q in zip(batch, prompts, strict=True)
     ]
-    calls = _count_vision_calls(defender, monkeypatch)
+    calls = count_vision_calls(defender)
     assert defender.generate(batch, prompts, max_new_tokens=4, batch_size=3) == plain
     assert calls == [2]  # one batch, its 2 distinct images

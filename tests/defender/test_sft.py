@@ -127,21 +127,8 @@ def test_the_dense_loss_reaches_the_vision_tower(
     assert not torch.allclose(grads[0], grads[1])
 
 
-def _count_encoded_images(defender: Defender, monkeypatch) -> list[int]:  # noqa: ANN001
-    visual = defender.model.model.visual
-    calls: list[int] = []
-    original = type(visual).forward
-
-    def counting(self, hidden_states, grid_thw, **kwargs):  # noqa: ANN001, ANN202
-        calls.append(len(grid_thw))
-        return original(self, hidden_states, grid_thw, **kwargs)
-
-    monkeypatch.setattr(type(visual), "forward", counting)
-    return calls
-
-
 def test_a_frozen_tower_encodes_each_image_once_and_trains_the_same(
-    tiny_defender_dir: Path, world, tmp_path: Path, monkeypatch
+    tiny_defender_dir: Path, world, tmp_path: Path, monkeypatch, count_vision_calls
 ) -> None:  # noqa: ANN001
     """The warm-up's feature cache: same weights, same log (dense and grounding losses
     included), and the vision tower runs once per distinct image instead of once per use."""
@@ -153,7 +140,7 @@ def test_a_frozen_tower_encodes_each_image_once_and_trains_the_same(
     runs = []
     for cache_mb in (0, 64):
         defender = Defender.from_pretrained(tiny_defender_dir)
-        calls = _count_encoded_images(defender, monkeypatch)
+        calls = count_vision_calls(defender)
         config = DefenderSFTConfig(
             max_steps=8,
             batch_size=4,
