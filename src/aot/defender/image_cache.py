@@ -13,9 +13,10 @@ patches are exactly the ones the processor makes for that image alone.
 `get_image_features` runs once per distinct patch tensor while its output can carry no gradient
 (none is being recorded, or the tower is frozen: the Defender warm-up trains the LM on the same
 images for several epochs with the vision tower fixed).
-The evaluation answers every suite image once per protocol and strict trial (up to 4 times), so
-it keeps the features, and the decoded pictures, for the whole node in a `BoundedCache`; it keeps
-no patches (about 40 times the features' size on the default), and `Defender.generate` runs the
+The evaluation may answer a suite image once per protocol and strict trial (up to 4 times,
+where a Defender cannot give the greedy answer and the samples from one `generate` call;
+`Defender` can, `aot.evaluation.protocols.answer_tables`), so it keeps the features, and the
+decoded pictures, for the whole node in a `BoundedCache`; it keeps no patches (about 40 times the features' size on the default), and `Defender.generate` runs the
 processor on a whole batch without `cached_preprocessing`, since a batch's images are distinct.
 
 A cached image's features are the ones it got in the batch that first saw it. That is

@@ -84,7 +84,8 @@ class SpareCoreThreads(TrainerCallback):
         if state.global_step % self.every:
             return
         busy, own = self._load()
-        target = threads_for(machine_cores(), busy, own, self.base, self.max_threads)
+        cores = machine_cores()
+        target = threads_for(cores, busy, own, self.base, self.max_threads)
         if target != torch.get_num_threads():
             torch.set_num_threads(target)
             self.switches.append((state.global_step, target))
@@ -93,7 +94,7 @@ class SpareCoreThreads(TrainerCallback):
                 state.global_step,
                 target,
                 busy,
-                machine_cores(),
+                cores,
                 own,
             )
 
