@@ -13,11 +13,12 @@ patches are exactly the ones the processor makes for that image alone.
 `get_image_features` runs once per distinct patch tensor while its output can carry no gradient
 (none is being recorded, or the tower is frozen: the Defender warm-up trains the LM on the same
 images for several epochs with the vision tower fixed).
-The evaluation may answer a suite image once per protocol and strict trial (up to 4 times,
-where a Defender cannot give the greedy answer and the samples from one `generate` call;
-`Defender` can, `aot.evaluation.protocols.answer_tables`), so it keeps the features, and the
-decoded pictures, for the whole node in a `BoundedCache`; it keeps no patches (about 40 times the features' size on the default), and `Defender.generate` runs the
-processor on a whole batch without `cached_preprocessing`, since a batch's images are distinct.
+The evaluation keeps the features, and the decoded pictures, for a whole node in a
+`BoundedCache`: an answerer that cannot give the greedy answer and the strict trials' samples
+from one `generate` call answers a suite image up to 4 times (`Defender` can,
+`aot.evaluation.protocols.answer_tables`). It keeps no patches (about 40 times the features'
+size on the default), and `Defender.generate` runs the processor on a whole batch without
+`cached_preprocessing`, since the evaluation's batches hold distinct images.
 
 A cached image's features are the ones it got in the batch that first saw it. That is
 bit-for-bit what it would get in any other batch as long as the vision tower is batch-invariant;
