@@ -39,7 +39,7 @@ def test_partitions_match_kedro_datasets_own(tmp_path: Path, dataset: str) -> No
         assert type(loader.__self__) is type(theirs[key].__self__)
         assert _state(loader) == _state(theirs[key]), key
         assert np.array_equal(np.asarray(loader()), np.asarray(pictures[key]))
-    # every partition is its own object: one's version cache is not another's
+    # every partition is its own object (its cached load and save versions are its own)
     owners = {id(loader.__self__) for loader in ours.values()}
     assert len(owners) == len(ours)
 
