@@ -11,7 +11,6 @@ from typing import Any
 
 import xxhash
 from kedro.io.core import DatasetError, get_filepath_str, get_protocol_and_path
-from kedro_datasets._utils import validate_sub_path
 from kedro_datasets.partitions import PartitionedDataset
 from kedro_datasets.pillow import ImageDataset
 from PIL import Image
@@ -104,8 +103,6 @@ def _partition_clone(prototype: ImageDataset, filepath: str) -> ImageDataset:
     arguments with this ``filepath`` (`tests/io/test_image_partitions.py` compares them)."""
     clone = copy.copy(prototype)
     clone._filepath = PurePosixPath(get_protocol_and_path(filepath, None)[1])
-    clone._cached_load_version = None
-    clone._cached_save_version = None
     clone._init_args = _with_filepath(prototype._init_args, filepath)
     return clone
 
@@ -134,9 +131,9 @@ class ImageFolderDataset(PartitionedDataset):
 
     Loading a local folder builds one partition's dataset through its class and copies it for
     the others (hand-written: kedro-datasets builds every partition through ``__init__``, whose
-    argument capture, filesystem lookup and config copy made a load of the 2,400 extended
-    images take 0.18 to 0.38 s, against 0.05 to 0.09 s with copies, in every node that reads
-    them; `benchmarks/results/overhead_base.md`).
+    argument capture, filesystem lookup and config copy made a load of 2,400 to 3,000 images
+    take 0.18 to 0.38 s, against 0.05 to 0.08 s with copies, in every node that reads them;
+    `benchmarks/results/overhead_base.md`).
     """
 
     def __init__(
@@ -176,25 +173,14 @@ class ImageFolderDataset(PartitionedDataset):
         paths = self._list_partitions()
         if not paths:
             raise DatasetError(f"No partitions found in '{self._path}'")
-        base = self._filesystem._strip_protocol(self._normalized_path).rstrip(self._sep)
-        suffix = self._filename_suffix
-        prototype = None
-        partitions = {}
-        for path in paths:
-            filepath = self._join_protocol(path)
-            if prototype is None:
-                config = copy.deepcopy(self._dataset_config)
-                prototype = self._dataset_type(**{**config, self._filepath_arg: filepath})
-                dataset = prototype
-            else:
-                dataset = _partition_clone(prototype, filepath)
-            # as PartitionedDataset._path_to_partition, with the folder looked up once
-            partition = path.split(base, 1).pop().lstrip(self._sep)
-            if suffix and partition.endswith(suffix):
-                partition = partition[: -len(suffix)]
-            validate_sub_path(partition, base)
-            partitions[partition] = dataset.load
-        return partitions
+        first, *rest = paths
+        config = {
+            **copy.deepcopy(self._dataset_config),
+            self._filepath_arg: self._join_protocol(first),
+        }
+        prototype = self._dataset_type(**config)
+        datasets = [prototype] + [_partition_clone(prototype, self._join_protocol(p)) for p in rest]
+        return {self._path_to_partition(p): d.load for p, d in zip(paths, datasets, strict=True)}
 
     def _check(self, partitions: dict[str, Any]) -> None:
         broken = []
