@@ -62,5 +62,8 @@ format: install
 viz: install
 	$(VENV)/bin/kedro viz run --env $(ENV)
 
+# Back to a fresh clone's data/: everything the runs wrote goes, what git holds (the pretrained
+# tiny Defender, the committed metrics and plots) comes back.
 clean-data:
 	find data -mindepth 2 ! -name .gitkeep -delete 2>/dev/null || true
+	git checkout -- data 2>/dev/null || true
