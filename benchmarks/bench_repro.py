@@ -1,6 +1,7 @@
 """Wall time and peak memory of `dvc repro` on a fresh clone, per stage, as a new user meets it.
 
-Run: `.venv/bin/python benchmarks/bench_repro.py [--target sft] [--cached STAGE ...]`.
+Run: `.venv/bin/python benchmarks/bench_repro.py [--target sft] [--cached STAGE ...]
+[--retrain STAGE ...]`.
 
 Clones the committed project (`git clone` of HEAD) into a temporary folder, links this
 checkout's `.venv` into it, and runs `dvc repro TARGET` there under `/usr/bin/time -v`, so
@@ -15,9 +16,14 @@ DVC cache (used as a local remote) and checks them out, as after a `dvc pull` of
 stages before it still run from nothing; when they come out byte-identical, DVC finds the cached
 stage up to date and skips it. Issue 3 allows the Defender's world pretraining to be "its own
 pipeline node whose output DVC caches, so it is trained once per parameter set":
-`--cached base_defender` measures bootstrap_dataset + sft with that node trained once before.
+`--cached base_defender` measured bootstrap_dataset + sft with that node trained once before,
+when its outputs were still in DVC's cache only.
 
-Writes `benchmarks/results/repro_<target>[_cached_<stage>...].md`.
+Since b1b8224 git holds that node's outputs (`cache: false` in dvc.yaml), so a plain fresh clone
+skips the pretraining. ``--retrain STAGE``: the clone deletes that stage's outputs first, so DVC
+runs it again: `--retrain base_defender` is the default run from nothing.
+
+Writes `benchmarks/results/repro_<target>[_cached_<stage>...][_retrained_<stage>...].md`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import time
 from pathlib import Path
 
 import psutil
+import yaml
 
 from report_notes import write_report
 
@@ -57,6 +64,12 @@ def stage_times(lines: list[tuple[float, str]], end: float) -> list[tuple[str, f
             starts.append((m.group(1), t))
     bounds = [t for _, t in starts[1:]] + [end]
     return [(name, stop - t) for (name, t), stop in zip(starts, bounds, strict=True)]
+
+
+def stage_outs(dvc_yaml: Path, stage: str) -> list[str]:
+    """The output paths `dvc.yaml` declares for ``stage`` (plain or with options)."""
+    outs = yaml.safe_load(dvc_yaml.read_text())["stages"][stage]["outs"]
+    return [out if isinstance(out, str) else next(iter(out)) for out in outs]
 
 
 def peak_rss_gb(time_v: str) -> float:
@@ -107,6 +120,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--target", default="sft", help="the dvc.yaml stage to reproduce")
     parser.add_argument("--cached", nargs="*", default=[], help="stages restored from the cache")
+    parser.add_argument(
+        "--retrain", nargs="*", default=[], help="stages whose committed outputs are deleted first"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the clone (its path is logged)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -127,6 +143,9 @@ def main() -> None:
             sh(["dvc", "fetch", "-r", "here", *args.cached], clone, env)
             sh(["dvc", "checkout", *args.cached], clone, env)
             sh(["dvc", "remote", "remove", "--local", "here"], clone, env)
+        for stage in args.retrain:
+            for out in stage_outs(clone / "dvc.yaml", stage):
+                shutil.rmtree(clone / out)
         time_log = work / "time.txt"
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -156,13 +175,15 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     cached = ", ".join(args.cached) or "none"
+    retrained = ", ".join(args.retrain) or "none"
     rows = stage_times(lines, wall)
     skipped = [
         m.group(1) for _, line in lines if (m := re.match(r"Stage '([^']+)' didn't change", line))
     ]
     report = [
         f"`dvc repro {args.target}` on a fresh clone of {commit} (`.venv` linked), "
-        f"{os.cpu_count()} cores; stages restored from the DVC cache first: {cached}",
+        f"{os.cpu_count()} cores; stages restored from the DVC cache first: {cached}; "
+        f"committed outputs deleted first: {retrained}",
         "",
         "| stage | wall time |",
         "|---|---|",
@@ -176,6 +197,7 @@ def main() -> None:
         f"proportional set {proportional:.2f} GB), exit {rc} |",
     ]
     suffix = "".join(f"_cached_{s}" for s in args.cached)
+    suffix += "".join(f"_retrained_{s}" for s in args.retrain)
     out = ROOT / "benchmarks" / "results" / f"repro_{args.target}{suffix}.md"
     write_report(out, "\n".join(report))
     logger.info("\n".join(report))
