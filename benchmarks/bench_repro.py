@@ -72,6 +72,12 @@ def stage_outs(dvc_yaml: Path, stage: str) -> list[str]:
     return [out if isinstance(out, str) else next(iter(out)) for out in outs]
 
 
+def minutes_seconds(seconds: float) -> str:
+    """``"60 s (1 min 0 s)"``: rounded once, so 59.6 s does not read "0 min 60 s"."""
+    whole = round(seconds)
+    return f"{whole} s ({whole // 60} min {whole % 60} s)"
+
+
 def peak_rss_gb(time_v: str) -> float:
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_v)
     return int(m.group(1)) / 1024**2 if m else float("nan")
@@ -187,12 +193,9 @@ def main() -> None:
         "",
         "| stage | wall time |",
         "|---|---|",
-        *[
-            f"| {name} | {secs:.0f} s ({int(secs // 60)} min {secs % 60:.0f} s) |"
-            for name, secs in rows
-        ],
+        *[f"| {name} | {minutes_seconds(secs)} |" for name, secs in rows],
         *[f"| {name} | skipped (up to date) |" for name in skipped],
-        f"| **total** | **{wall:.0f} s ({int(wall // 60)} min {wall % 60:.0f} s)**, "
+        f"| **total** | **{minutes_seconds(wall)}**, "
         f"peak RSS {peak:.2f} GB (one process), {together:.2f} GB (all processes at once; "
         f"proportional set {proportional:.2f} GB), exit {rc} |",
     ]
