@@ -39,6 +39,22 @@ def test_save_load_round_trip_is_bit_identical(
     ]
 
 
+def test_a_checkpoint_saved_from_a_loaded_one_holds_no_path(
+    default_pipe: BoxEditPipeline, tmp_path: Path
+) -> None:
+    """A round's Attacker is loaded from the last one and saved again: its files must not
+    depend on where the first folder was (DVC hashes them on every clone)."""
+    default_pipe.save_pretrained(tmp_path / "a")
+    for source, target in (("a", "b"), ("b", "elsewhere/c")):
+        loaded = BoxEditPipeline.from_pretrained(tmp_path / source)
+        loaded.save_pretrained(tmp_path / target)
+        assert str(loaded.config._name_or_path) == str(tmp_path / source)  # kept in memory
+    for name in ("model_index.json", "unet/config.json", "scheduler/scheduler_config.json"):
+        texts = {(tmp_path / f / name).read_text() for f in ("a", "b", "elsewhere/c")}
+        assert len(texts) == 1, name
+        assert "_name_or_path" not in texts.pop()
+
+
 def test_crop_config_survives_round_trip(tmp_path: Path) -> None:
     config = AttackerConfig(
         crop_size=16,

@@ -11,13 +11,15 @@ cannot resolve a class that lives outside diffusers.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, UNet2DModel
+from diffusers.configuration_utils import FrozenDict
 from PIL import Image
 
 from aot.attacker.config import AttackerConfig, build_unet
@@ -54,6 +56,27 @@ def _is_single_box(box: Any) -> bool:
     return len(box) == 4 and all(isinstance(v, int | np.integer) for v in box)
 
 
+@contextmanager
+def _without_source_path(*configurables: Any) -> Iterator[None]:
+    """Leaves out ``_name_or_path`` while saving: diffusers' ``from_pretrained`` records the
+    folder a model was loaded from, and ``save_pretrained`` writes it, so a checkpoint trained
+    from another would hold an absolute path and its bytes (and DVC hash) would depend on where
+    the project lives. Restored afterwards."""
+    kept = []
+    for obj in configurables:
+        config = getattr(obj, "_internal_dict", None)
+        if config is not None and "_name_or_path" in config:
+            kept.append((obj, config))
+            obj._internal_dict = FrozenDict(
+                {k: v for k, v in config.items() if k != "_name_or_path"}
+            )
+    try:
+        yield
+    finally:
+        for obj, config in kept:
+            obj._internal_dict = config
+
+
 class BoxEditPipeline(DiffusionPipeline):
     """Edits each image only inside its box, as the prompt ("a red star", "remove") asks.
 
@@ -80,7 +103,8 @@ class BoxEditPipeline(DiffusionPipeline):
     planner = None
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
-        super().save_pretrained(save_directory, **kwargs)
+        with _without_source_path(self, *self.components.values()):
+            super().save_pretrained(save_directory, **kwargs)
         if self.planner is not None:
             self.planner.save(Path(save_directory) / PLANNER_FOLDER)
 
