@@ -150,8 +150,11 @@ def main() -> None:
             sh(["dvc", "checkout", *args.cached], clone, env)
             sh(["dvc", "remote", "remove", "--local", "here"], clone, env)
         for stage in args.retrain:
-            for out in stage_outs(clone / "dvc.yaml", stage):
-                shutil.rmtree(clone / out)
+            for out in map(clone.joinpath, stage_outs(clone / "dvc.yaml", stage)):
+                if out.is_dir():
+                    shutil.rmtree(out)
+                else:
+                    out.unlink(missing_ok=True)
         time_log = work / "time.txt"
         start = time.perf_counter()
         proc = subprocess.Popen(
