@@ -8,8 +8,6 @@ changes. That only works while the committed files hash to what `dvc.lock` says.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import subprocess
 from pathlib import Path
 
@@ -18,23 +16,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("data/06_models/defender_initial", "data/06_models/defender_base")
-
-
-def _dvc_dir_md5(folder: Path) -> str:
-    """DVC's hash of a directory: the md5 of its sorted ``[{md5, relpath}]`` list as JSON
-    (dvc_data's ``Tree.as_bytes``), with ``.dir`` appended."""
-    entries = sorted(
-        (
-            {
-                "md5": hashlib.md5(path.read_bytes()).hexdigest(),
-                "relpath": path.relative_to(folder).as_posix(),
-            }
-            for path in folder.rglob("*")
-            if path.is_file()
-        ),
-        key=lambda entry: entry["relpath"],
-    )
-    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
 def _stage_outs(document: dict, stage: str) -> dict[str, dict]:
@@ -59,12 +40,15 @@ def test_the_pretraining_outputs_are_kept_in_git_not_in_the_dvc_cache() -> None:
 
 
 def test_the_committed_checkpoints_are_the_ones_dvc_lock_records() -> None:
-    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
-    recorded = {out["path"]: out["md5"] for out in lock["stages"]["base_defender"]["outs"]}
-    for folder in FOLDERS:
-        assert _dvc_dir_md5(ROOT / folder) == recorded[folder], (
-            f"{folder} differs from dvc.lock: commit the folder the last `dvc repro` wrote"
-        )
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        outs = {out.def_path: out for out in repo.stage.collect("base_defender")[0].outs}
+        for folder in FOLDERS:
+            recorded, committed = outs[folder].hash_info.value, outs[folder].get_hash().value
+            assert committed == recorded, (
+                f"{folder} differs from dvc.lock: commit the folder the last `dvc repro` wrote"
+            )
 
 
 def test_the_committed_base_defender_is_trained() -> None:
