@@ -19,6 +19,7 @@ from aot.bootstrap import (
     plan_clutter,
     verify_answers,
 )
+from aot.bootstrap.fillers import remove_palette_pixels
 from aot.world import COLORS, SceneObject, answer_spec, target_boxes
 from aot.world.scene import boxes_separated
 
@@ -163,3 +164,21 @@ def test_extended_scene_table_round_trip(extended) -> None:  # noqa: ANN001
     ext = extended[0][3]
     row = pd.DataFrame([e.to_row() for e in extended[0]]).iloc[3].to_dict()
     assert extended_from_row(row, ext.image, ext.source_image) == ext
+
+
+def test_remove_palette_pixels_erases_only_exact_object_colours() -> None:
+    red = np.array(COLORS["red"], dtype=np.uint8)
+    near_red = red.astype(np.int16)
+    near_red[2] = near_red[2] + 1 if near_red[2] < 255 else near_red[2] - 1
+    arr = np.full((6, 8, 3), 77, dtype=np.uint8)
+    arr[:, 5:] = 200  # a second background colour on the right
+    arr[2:4, 1:3] = red  # an object on the left background
+    arr[2:4, 7] = red  # an object on the right background
+    arr[0, 0] = near_red.astype(np.uint8)  # one step off the palette: background, kept
+    out = remove_palette_pixels(arr)
+    assert (out[2:4, 1:3] == 77).all()
+    assert (out[2:4, 7] == 200).all()
+    assert (out[0, 0] == near_red).all()
+    untouched = np.ones(arr.shape[:2], dtype=bool)
+    untouched[2:4, 1:3] = untouched[2:4, 7] = False
+    assert (out[untouched] == arr[untouched]).all()

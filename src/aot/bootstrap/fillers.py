@@ -55,6 +55,12 @@ def known_box(known_mask: np.ndarray) -> Box:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
+def _rgb_keys(arr: np.ndarray) -> np.ndarray:
+    """One integer per RGB pixel (0xRRGGBB), so a colour compares as one number, not three."""
+    a = np.asarray(arr, dtype=np.uint32)
+    return (a[..., 0] << 16) | (a[..., 1] << 8) | a[..., 2]
+
+
 def remove_palette_pixels(arr: np.ndarray) -> np.ndarray:
     """Replace every pixel of an exact object colour by its nearest non-object pixel.
 
@@ -62,8 +68,7 @@ def remove_palette_pixels(arr: np.ndarray) -> np.ndarray:
     backgrounds never hold a palette colour, so this erases the objects and keeps the background:
     mirror padding must not mirror objects into the margins (that would duplicate targets).
     """
-    palette = np.array(list(COLORS.values()), dtype=np.uint8)
-    is_object = (arr[:, :, None, :] == palette[None, None]).all(-1).any(-1)
+    is_object = np.isin(_rgb_keys(arr), _rgb_keys(np.array(list(COLORS.values()))))
     if not is_object.any():
         return arr.copy()
     if is_object.all():

@@ -44,14 +44,23 @@ def _blocks(arr: np.ndarray) -> np.ndarray:
     return np.moveaxis(shaped, 2, 1)
 
 
-def flat_fraction(arr: np.ndarray, mask: np.ndarray) -> float:
-    """Fraction of 8x8 blocks lying fully in ``mask`` whose every channel's std is below 1."""
-    inside = _blocks(mask).all(axis=(2, 3))
-    if not inside.any():
-        return 0.0
+def block_stds(arr: np.ndarray) -> np.ndarray:
+    """(rows, cols) std of each whole 8x8 block, the largest over channels."""
     stds = _blocks(arr.astype(np.float32)).std(axis=(2, 3))
     if stds.ndim == 3:
         stds = stds.max(-1)  # per channel: a flat coloured block still has 3 different values
+    return stds
+
+
+def flat_fraction(arr: np.ndarray, mask: np.ndarray, stds: np.ndarray | None = None) -> float:
+    """Fraction of 8x8 blocks lying fully in ``mask`` whose every channel's std is below 1.
+
+    ``stds``: `block_stds(arr)`, when the caller has it already (it asks for two masks)."""
+    inside = _blocks(mask).all(axis=(2, 3))
+    if not inside.any():
+        return 0.0
+    if stds is None:
+        stds = block_stds(arr)
     return float((stds[inside] < _FLAT_STD).mean())
 
 
@@ -105,7 +114,8 @@ def realism_failures(
     distance = colour_distance(src, mar)
     if distance > config.colour_max:
         problems.append(f"colour distribution distance {distance:.1f} > {config.colour_max}")
-    flat_gap = flat_fraction(arr, margins) - flat_fraction(arr, known_mask)
+    stds = block_stds(arr)
+    flat_gap = flat_fraction(arr, margins, stds) - flat_fraction(arr, known_mask, stds)
     if flat_gap > config.flat_excess:
         problems.append(f"flat blocks exceed the source's by {flat_gap:.2f}")
     seam, typical = seam_strength(arr, box)
