@@ -72,7 +72,7 @@ def _run(
     given = make_edit_pairs(np.random.default_rng(9), WorldConfig(), 8, crop_size=config.crop_size)
     cfg = ColdStartConfig(**{**QUICK, **overrides})  # type: ignore[arg-type]
     pipe, log = train_cold_start(pipe, cfg, WorldConfig(), given, state_path=state_path)
-    assert list(log.columns) == ["step", "loss", "seconds"]
+    assert list(log.columns) == ["step", "loss"]  # no wall clock: a rerun writes the same log
     return pipe, log["loss"].tolist()
 
 

@@ -21,6 +21,7 @@ from aot.defender.dapo import (
     build_dapo_trainer,
     dapo_dataset,
     log_sampling_summary,
+    step_metrics,
     train_defender_dapo,
 )
 from aot.defender.dynamic_sampling import (
@@ -576,3 +577,18 @@ def test_rollouts_encode_each_prompt_once_and_train_the_same(
     assert all(torch.equal(first[k], second[k]) for k in first)
     before = _weights(Defender.from_pretrained(tiny_defender_dir).model)
     assert any(not torch.equal(first[k], before[k]) for k in first)  # it did train
+
+
+def test_step_metrics_keep_one_row_per_step_and_no_wall_clock() -> None:
+    history = [
+        {"step": 1, "loss": 0.5, "reward": 0.2, "step_time": 0.91},
+        {"step": 1, "dapo/tries": 2.0},
+        {"step": 2, "loss": 0.4, "reward": 0.3, "step_time": 0.87},
+        {"step": 2, "train_runtime": 3.2, "train_steps_per_second": 0.6},
+    ]
+    table = step_metrics(history)
+    assert table["step"].tolist() == [1, 2]
+    assert table["loss"].tolist() == [0.5, 0.4]
+    assert table.loc[0, "dapo/tries"] == 2.0
+    # seconds differ from run to run; the saved log must not, for `dvc repro` to leave git clean
+    assert not {"step_time", "train_runtime", "train_steps_per_second"} & set(table.columns)

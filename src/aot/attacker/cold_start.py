@@ -241,7 +241,8 @@ def _train(
         )
     st.ema.copy_to(unet.parameters())
     unet.eval()
-    log = pd.DataFrame(st.rows, columns=["step", "loss", "seconds"])
+    # the clock stays in the resumable state, not in the saved log, so a rerun writes the same bytes
+    log = pd.DataFrame(st.rows, columns=["step", "loss"])
     final = log["loss"].iloc[-1] if len(log) else float("nan")
     logger.info("cold start: %d steps in %.1f s, final loss %.4f", len(log), st.clock, final)
     return pipe, log

@@ -118,6 +118,8 @@ class _AdaptersOff:
 # Data seeds of process k in a multi-process run: seed + k * RANK_SEED_STRIDE (process 0 draws
 # exactly what a single-process run draws).
 RANK_SEED_STRIDE = 1_000_003
+# seconds per step, in the console log only (see `train_attacker_flow_grpo`)
+STEP_TIMINGS = ("t_sample", "t_reward", "t_update", "t_step")
 
 
 class FlowGRPOTrainer:
@@ -706,6 +708,18 @@ def train_attacker_flow_grpo(
                 on_step(row, trainer)
     pipe = trainer.finish()
     pipe.planner = trainer.planner
-    log = pd.DataFrame(rows)
+    # the step timings go to the console above and the summary below, not into the saved log, so
+    # that a rerun writes the same bytes
+    timings = pd.DataFrame(rows).reindex(columns=list(STEP_TIMINGS))
+    means = timings.mean()  # over the training steps (the step-0 quality row has no timings)
+    logger.info(
+        "Flow-GRPO: %d steps, %.1f s a step (sampling %.1f, reward %.1f, update %.1f)",
+        int(timings["t_step"].notna().sum()),
+        means["t_step"],
+        means["t_sample"],
+        means["t_reward"],
+        means["t_update"],
+    )
+    log = pd.DataFrame(rows).drop(columns=list(STEP_TIMINGS), errors="ignore")
     first = [c for c in ("step", "reward_mean", "reward_std") if c in log]
     return pipe, log[first + [c for c in log.columns if c not in first]]

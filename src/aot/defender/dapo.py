@@ -45,7 +45,7 @@ from aot.defender.dynamic_sampling import (
 )
 from aot.defender.examples import load_image
 from aot.defender.model import Defender, user_content
-from aot.defender.sft import TimeBudget, current_training_args
+from aot.defender.sft import TimeBudget, current_training_args, without_wall_clock
 from aot.rewards import PROMPT_STYLES, correct_first_reward, make_prompt
 
 logger = logging.getLogger(__name__)
@@ -393,9 +393,10 @@ def build_dapo_trainer(
 
 
 def step_metrics(log_history: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per optimizer step from the trainer's log history (the final summary dropped)."""
+    """One row per optimizer step from the trainer's log history (the final summary and the
+    wall-clock columns dropped)."""
     rows = [dict(r) for r in log_history if "step" in r and "train_runtime" not in r]
-    table = pd.DataFrame(rows)
+    table = without_wall_clock(pd.DataFrame(rows))
     if table.empty:
         return pd.DataFrame({"step": pd.Series(dtype=int)})
     table = table.groupby("step", as_index=False).last()

@@ -152,6 +152,25 @@ RENAMED_TRAINING_ARGS = {
 }
 
 
+# Wall-clock figures the trainers put in their logs. They are left out of the logs the pipelines
+# save, so that a rerun writes the same bytes and `dvc repro` on a fresh clone leaves git clean;
+# the console still shows them as the trainer logs.
+WALL_CLOCK_COLUMNS = (
+    "step_time",
+    "eval_runtime",
+    "eval_samples_per_second",
+    "eval_steps_per_second",
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+)
+
+
+def without_wall_clock(log: pd.DataFrame) -> pd.DataFrame:
+    """``log`` without its `WALL_CLOCK_COLUMNS`: what is left depends on the seed alone."""
+    return log.drop(columns=[c for c in WALL_CLOCK_COLUMNS if c in log.columns])
+
+
 def current_training_args(settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` with the deprecated TrainingArguments names replaced by the current ones."""
     return {RENAMED_TRAINING_ARGS.get(key, key): value for key, value in settings.items()}
@@ -563,7 +582,7 @@ def train_defender_on_table(
     for p in trained.parameters():
         p.requires_grad_(True)
     log = pd.DataFrame([r for r in trainer.state.log_history if "loss" in r or "eval_loss" in r])
-    return Defender(trained.eval(), defender.processor), log
+    return Defender(trained.eval(), defender.processor), without_wall_clock(log)
 
 
 @torch.no_grad()
