@@ -710,7 +710,8 @@ def train_attacker_flow_grpo(
     pipe.planner = trainer.planner
     # the step timings go to the console above and the summary below, not into the saved log, so
     # that a rerun writes the same bytes
-    timings = pd.DataFrame(rows).reindex(columns=list(STEP_TIMINGS))
+    table = pd.DataFrame(rows)
+    timings = table.reindex(columns=list(STEP_TIMINGS))
     means = timings.mean()  # over the training steps (the step-0 quality row has no timings)
     logger.info(
         "Flow-GRPO: %d steps, %.1f s a step (sampling %.1f, reward %.1f, update %.1f)",
@@ -720,6 +721,6 @@ def train_attacker_flow_grpo(
         means["t_reward"],
         means["t_update"],
     )
-    log = pd.DataFrame(rows).drop(columns=list(STEP_TIMINGS), errors="ignore")
+    log = table.drop(columns=list(STEP_TIMINGS), errors="ignore")
     first = [c for c in ("step", "reward_mean", "reward_std") if c in log]
     return pipe, log[first + [c for c in log.columns if c not in first]]

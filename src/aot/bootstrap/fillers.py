@@ -61,6 +61,9 @@ def _rgb_keys(arr: np.ndarray) -> np.ndarray:
     return (a[..., 0] << 16) | (a[..., 1] << 8) | a[..., 2]
 
 
+_PALETTE_KEYS = _rgb_keys(np.array(list(COLORS.values())))
+
+
 def remove_palette_pixels(arr: np.ndarray) -> np.ndarray:
     """Replace every pixel of an exact object colour by its nearest non-object pixel.
 
@@ -68,7 +71,7 @@ def remove_palette_pixels(arr: np.ndarray) -> np.ndarray:
     backgrounds never hold a palette colour, so this erases the objects and keeps the background:
     mirror padding must not mirror objects into the margins (that would duplicate targets).
     """
-    is_object = np.isin(_rgb_keys(arr), _rgb_keys(np.array(list(COLORS.values()))))
+    is_object = np.isin(_rgb_keys(arr), _PALETTE_KEYS)
     if not is_object.any():
         return arr.copy()
     if is_object.all():
