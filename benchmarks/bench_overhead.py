@@ -4,8 +4,9 @@ Run: `.venv/bin/python benchmarks/bench_overhead.py --env base --pipeline selfpl
 --namespaces selfplay.round_1` (after `dvc repro`, which made the round's inputs).
 The project's conf/ and data/ are copied to a temporary folder and the pipeline runs there,
 in-process through a KedroSession, so data/ is left as it was. Timers wrap the forward of every
-model class the project trains or queries (the Qwen2.5-VL Defender and, on its own, its vision
-tower; the Attacker's UNet and edit planner; a Qwen-Image-Edit transformer),
+model class the project trains or queries (the Qwen2.5-VL Defender, its backbone and, on its
+own, its vision tower; the Attacker's UNet and edit planner; a Qwen-Image-Edit transformer), the
+forward TRL's GRPOTrainer puts on its policy (a fused LM head: the DAPO loss's forward),
 `torch.Tensor.backward` / `torch.autograd.backward`, and the optimizers' `step`; nested calls
 count once. "Overhead" is the rest: Kedro, dataset I/O, image processing, tokenising, sampling
 loops in Python, rewards. Per-node shares come from Kedro's node hooks. With `--functions`,
@@ -160,14 +161,17 @@ def _model_classes() -> list[type]:
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
         Qwen2_5_VisionTransformerPretrainedModel,
+        Qwen2_5_VLModel,
     )
 
     from aot.attacker.planner import EditPlanner
 
     # The vision tower on its own: `generate` encodes the images before the first forward
     # (transformers' multimodal encoder kwargs), outside the top-level model's forward.
+    # The backbone too: TRL's fused LM head calls it directly (`_clock_fused_lm_heads`).
     classes: list[type] = [
         Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLModel,
         Qwen2_5_VisionTransformerPretrainedModel,
         UNet2DModel,
         EditPlanner,
@@ -181,9 +185,32 @@ def _model_classes() -> list[type]:
     return classes
 
 
+def _clock_fused_lm_heads(clock: Clock) -> None:
+    """Times the forward TRL's GRPOTrainer installs on its policy.
+
+    `trl.trainer.utils.add_fused_lm_head` sets the model's ``forward`` on the instance: with
+    ``fused_lm_head=True`` (the loss, and the old log-probs) it runs the backbone and projects
+    through the LM head itself, so the class ``forward`` wrapped above never runs for it. Before
+    this was timed, the DAPO loss's forward counted as outside the models.
+    """
+    import trl.trainer.grpo_trainer as grpo_trainer
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils.add_fused_lm_head
+
+    @functools.wraps(original)
+    def add_fused_lm_head(model: Any, *args: Any, **kwargs: Any) -> None:
+        original(model, *args, **kwargs)
+        model.forward = clock.wrap("forward", model.forward)
+
+    trl_utils.add_fused_lm_head = add_fused_lm_head
+    grpo_trainer.add_fused_lm_head = add_fused_lm_head
+
+
 def instrument(clock: Clock) -> None:
     for cls in _model_classes():
         cls.forward = clock.wrap("forward", cls.forward)
+    _clock_fused_lm_heads(clock)
     torch.Tensor.backward = clock.wrap("backward", torch.Tensor.backward)
     torch.autograd.backward = clock.wrap("backward", torch.autograd.backward)
     for cls in (torch.optim.AdamW, torch.optim.Adam):
