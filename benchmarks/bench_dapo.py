@@ -70,6 +70,30 @@ def _timed(owner: Any, name: str, log: list[tuple[float, int]], count: Any) -> N
     setattr(owner, name, wrapper)
 
 
+def base_parameters() -> dict[str, Any]:
+    """conf/base's parameters, every parameters*.yml merged."""
+    params: dict[str, Any] = {}
+    for path in sorted((ROOT / "conf" / "base").glob("parameters*.yml")):
+        params |= yaml.safe_load(path.read_text()) or {}
+    return params
+
+
+def benchmark_dapo_config(args: argparse.Namespace) -> DefenderDAPOConfig:
+    """DAPO as the benchmarks run it: one rollout batch a step (the coin makes it informative),
+    every rollout forced to exactly ``args.tokens`` new tokens, no checkpoints."""
+    return DefenderDAPOConfig(
+        num_generations=args.generations,
+        groups_per_step=args.groups,
+        max_new_tokens=args.tokens,
+        max_steps=args.steps,
+        max_tries=1,
+        learning_rate=1e-4,
+        save_steps=10_000,
+        threads=args.threads,
+        extra={"generation_kwargs": {"min_new_tokens": args.tokens}},
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=6, help="DAPO steps (the first is warm-up)")
@@ -83,23 +107,10 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
 
-    params: dict[str, Any] = {}
-    for path in sorted((ROOT / "conf" / "base").glob("parameters*.yml")):
-        params |= yaml.safe_load(path.read_text()) or {}
-    tiny = TinyDefenderConfig.from_dict(params["defender"]["tiny"])
+    tiny = TinyDefenderConfig.from_dict(base_parameters()["defender"]["tiny"])
     defender = build_tiny_defender(tiny, defender_corpus({"image_size": 112}), seed=0)
     _, records, images = generate_source_scenes(WORLD, {"n_scenes": 40}, seed=0)
-    config = DefenderDAPOConfig(
-        num_generations=args.generations,
-        groups_per_step=args.groups,
-        max_new_tokens=args.tokens,
-        max_steps=args.steps,
-        max_tries=1,
-        learning_rate=1e-4,
-        save_steps=10_000,
-        threads=args.threads,
-        extra={"generation_kwargs": {"min_new_tokens": args.tokens}},
-    )
+    config = benchmark_dapo_config(args)
     dataset = dapo_dataset(records, images, answer_mode=config.answer_mode)
     batch = args.groups * args.generations
 

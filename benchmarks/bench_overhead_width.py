@@ -30,16 +30,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from transformers import TrainerCallback
 
 from aot.defender import TinyDefenderConfig, build_tiny_defender
-from aot.defender.dapo import DefenderDAPOConfig, build_dapo_trainer, dapo_dataset
+from aot.defender.dapo import build_dapo_trainer, dapo_dataset
 from aot.defender.examples import load_image
 from aot.pipelines.bootstrap_dataset.defender_nodes import defender_corpus
 from aot.pipelines.bootstrap_dataset.nodes import generate_source_scenes
 from aot.rewards import make_prompt
-from bench_dapo import WORLD, _Coin
+from bench_dapo import WORLD, _Coin, base_parameters, benchmark_dapo_config
 from bench_overhead import Clock, instrument
 from report_notes import write_report
 
@@ -65,17 +64,7 @@ def widened(base: TinyDefenderConfig, factor: int) -> TinyDefenderConfig:
 
 def dapo_steps(defender: Any, records: Any, images: Any, clock: Clock, args: Any) -> tuple:
     """Steady-state (wall, model) seconds per DAPO step."""
-    config = DefenderDAPOConfig(
-        num_generations=args.generations,
-        groups_per_step=args.groups,
-        max_new_tokens=args.tokens,
-        max_steps=args.steps,
-        max_tries=1,
-        learning_rate=1e-4,
-        save_steps=10_000,
-        threads=args.threads,
-        extra={"generation_kwargs": {"min_new_tokens": args.tokens}},
-    )
+    config = benchmark_dapo_config(args)
     dataset = dapo_dataset(records, images, answer_mode=config.answer_mode)
     marks = _StepMarks(clock)
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,10 +107,7 @@ def main() -> None:
     clock = Clock()
     instrument(clock)
 
-    params: dict[str, Any] = {}
-    for path in sorted((ROOT / "conf" / "base").glob("parameters*.yml")):
-        params |= yaml.safe_load(path.read_text()) or {}
-    base = TinyDefenderConfig.from_dict(params["defender"]["tiny"])
+    base = TinyDefenderConfig.from_dict(base_parameters()["defender"]["tiny"])
     _, records, images = generate_source_scenes(WORLD, {"n_scenes": 120}, seed=0)
     corpus = defender_corpus({"image_size": 112})
     rows = []
