@@ -1,9 +1,9 @@
 """How the share of time outside the model changes with the Defender's width.
 
 Run: `.venv/bin/python benchmarks/bench_overhead_width.py [--widths 1 2 4 8] [--steps 4]`.
-`bench_overhead.py` finds DAPO (`train_defender`) the node with the most time outside the models
-on the tiny default, almost all of it per-example work in TRL and transformers (chat templates,
-the processor, rollout bookkeeping, `generate`'s Python loop). That work does not depend on the
+`bench_overhead.py` finds DAPO (`train_defender`) the node with the largest share of its time
+outside the models on the tiny default, almost all of it per-example work in TRL and
+transformers (chat templates, the processor, rollout bookkeeping, `generate`'s Python loop). That work does not depend on the
 model's size; the model's does. This benchmark measures both at several widths: the default
 `defender.tiny` with `hidden_size`, `intermediate_size` and `vision_hidden_size` multiplied by
 each factor (layers, heads and everything else as in conf/base), random weights, 168-px world
@@ -13,7 +13,8 @@ scenes, and times
 - `Defender.generate` answering `--answers` prompts greedily in batches of 16 (the evaluation's
   and the curriculum's path), after one warm-up batch.
 Model time is what `bench_overhead.py` counts (the Qwen2.5-VL forward, its vision tower's
-forward on its own, `backward`, the optimizer's `step`); the rest is outside. Writes
+forward on its own, the forward TRL's fused LM head runs for the loss, `backward`, the
+optimizer's `step`); the rest is outside. Writes
 benchmarks/results/overhead_width.md, keeping its hand-written notes.
 """
 
