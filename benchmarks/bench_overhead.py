@@ -18,7 +18,8 @@ The session's wall leaves out what a `kedro run` process does before it: importi
 transformers, diffusers, TRL and the project's pipelines. That start-up is timed on its own, as
 a fresh interpreter that bootstraps the project and builds the pipeline registry (the registry
 is imported before the timed session here, so nothing counts twice), and reported in a second
-share that includes it. Writes benchmarks/results/overhead_<env>.md.
+share that includes it. Writes benchmarks/results/overhead_<env>.md for the self-play round,
+overhead_<pipeline>_<env>.md for any other pipeline.
 """
 
 from __future__ import annotations
@@ -366,12 +367,25 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+def default_report(args: argparse.Namespace) -> str:
+    """overhead_<env>.md for the self-play round, overhead_<pipeline>_<env>.md otherwise, so
+    measuring the evaluation does not overwrite the round's table."""
+    if args.pipeline == "selfplay":
+        return f"overhead_{args.env}.md"
+    return f"overhead_{args.pipeline}_{args.env}.md"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--env", default="base")
     parser.add_argument("--pipeline", default="selfplay")
     parser.add_argument("--namespaces", nargs="*", default=["selfplay.round_1"])
-    parser.add_argument("--out", default=None, help="default: benchmarks/results/overhead_<env>.md")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="default: benchmarks/results/overhead_<env>.md for selfplay, "
+        "overhead_<pipeline>_<env>.md otherwise",
+    )
     parser.add_argument(
         "--functions", action="store_true", help="also time the functions in FUNCTIONS"
     )
@@ -384,9 +398,7 @@ def main() -> None:
     text = report(clock, nodes, wall, title, startup())
     if functions is not None:
         text += functions.table()
-    out = (
-        Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"overhead_{args.env}.md"
-    )
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / default_report(args)
     write_report(out, text)
     logger.info(text)
 
