@@ -5,7 +5,8 @@ Run: `.venv/bin/python benchmarks/bench_overhead.py --env base --pipeline selfpl
 The project's conf/ and data/ are copied to a temporary folder and the pipeline runs there,
 in-process through a KedroSession, so data/ is left as it was. Timers wrap the forward of every
 model class the project trains or queries (the Qwen2.5-VL Defender, its backbone and, on its
-own, its vision tower; the Attacker's UNet and edit planner; a Qwen-Image-Edit transformer), the
+own, its vision tower; the Attacker's UNet and edit planner; a Qwen-Image-Edit transformer; the
+optional diffusion filler's UNet and text encoder), the VAEs' `encode` and `decode`, the
 forward TRL's GRPOTrainer puts on its policy (a fused LM head: the DAPO loss's forward),
 `torch.Tensor.backward` / `torch.autograd.backward`, and the optimizers' `step`; nested calls
 count once. "Overhead" is the rest: Kedro, dataset I/O, image processing, tokenising, sampling
@@ -183,6 +184,25 @@ def _model_classes() -> list[type]:
         classes.append(QwenImageTransformer2DModel)
     except ImportError:  # older diffusers: the tiny default does not need it
         pass
+    # The diffusion filler's denoiser and text encoder (`aot.bootstrap.diffusion`, optional).
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    return [*classes, UNet2DConditionModel, CLIPTextModel]
+
+
+def _vae_classes() -> list[type]:
+    """VAEs the pipelines call through ``encode`` / ``decode`` rather than ``forward``: the
+    diffusion filler's and Qwen-Image-Edit's."""
+    from diffusers import AutoencoderKL
+
+    classes: list[type] = [AutoencoderKL]
+    try:
+        from diffusers import AutoencoderKLQwenImage
+
+        classes.append(AutoencoderKLQwenImage)
+    except ImportError:
+        pass
     return classes
 
 
@@ -213,6 +233,9 @@ def _clock_fused_lm_heads(clock: Clock) -> None:
 def instrument(clock: Clock) -> None:
     for cls in _model_classes():
         cls.forward = clock.wrap("forward", cls.forward)
+    for cls in _vae_classes():
+        cls.encode = clock.wrap("forward", cls.encode)
+        cls.decode = clock.wrap("forward", cls.decode)
     _clock_fused_lm_heads(clock)
     torch.Tensor.backward = clock.wrap("backward", torch.Tensor.backward)
     torch.autograd.backward = clock.wrap("backward", torch.autograd.backward)
