@@ -214,7 +214,6 @@ def _clock_fused_lm_heads(clock: Clock) -> None:
     through the LM head itself, so the class ``forward`` wrapped above never runs for it. Before
     this was timed, the DAPO loss's forward counted as outside the models.
     """
-    import trl.trainer.grpo_trainer  # noqa: F401  (imports the trainer that uses it)
     import trl.trainer.utils as trl_utils
 
     original = trl_utils.add_fused_lm_head
@@ -224,7 +223,8 @@ def _clock_fused_lm_heads(clock: Clock) -> None:
         original(model, *args, **kwargs)
         model.forward = clock.wrap("forward", model.forward)
 
-    # every TRL module that imported it by name (GRPO, RLOO, KTO in TRL 1.16) holds its own copy
+    # TRL modules that imported it by name before now hold their own reference; those imported
+    # later (GRPO's trainer, when the pipeline builds it) take the wrapped one from `trl_utils`
     for name, module in list(sys.modules.items()):
         if name.startswith("trl") and getattr(module, "add_fused_lm_head", None) is original:
             module.add_fused_lm_head = add_fused_lm_head

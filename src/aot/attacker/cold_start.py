@@ -165,7 +165,7 @@ def train_cold_start(
     state_path: Path | None = None,
 ) -> tuple[BoxEditPipeline, pd.DataFrame]:
     """Train ``pipe.unet`` in place; returns the pipeline holding the EMA weights and a per-step
-    log (step, loss, seconds of training so far). Deterministic on CPU for a fixed seed and
+    log (step, loss; no wall clock, so a rerun writes the same log). Deterministic on CPU for a fixed seed and
     thread count. ``on_checkpoint(seconds, step, pipe)`` sees the EMA weights each time the
     training clock passes one of ``checkpoints_s``; its own time is not counted. Pass
     ``procedural_pairs`` to reuse pairs already made (then ``n_procedural_pairs`` is ignored).
@@ -225,7 +225,7 @@ def _train(
         start = time.perf_counter()
         loss = _step(st, config, [t.to(dev) for t in draw_batch(procedural, given, config, st.gen)])
         st.clock += time.perf_counter() - start
-        st.rows.append({"step": step, "loss": loss, "seconds": st.clock})
+        st.rows.append({"step": step, "loss": loss})
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         while checkpoints and st.clock >= checkpoints[0] and on_checkpoint is not None:
             _run_checkpoint(pipe, st.ema, on_checkpoint, checkpoints.pop(0), step)
@@ -241,7 +241,8 @@ def _train(
         )
     st.ema.copy_to(unet.parameters())
     unet.eval()
-    # the clock stays in the resumable state, not in the saved log, so a rerun writes the same bytes
+    # the training clock is resume state (`st.clock`), not part of the log; `columns` also reads
+    # a state saved before the rows lost their seconds
     log = pd.DataFrame(st.rows, columns=["step", "loss"])
     final = log["loss"].iloc[-1] if len(log) else float("nan")
     logger.info("cold start: %d steps in %.1f s, final loss %.4f", len(log), st.clock, final)
