@@ -579,6 +579,47 @@ def test_rollouts_encode_each_prompt_once_and_train_the_same(
     assert any(not torch.equal(first[k], before[k]) for k in first)  # it did train
 
 
+def test_rollouts_process_each_prompt_once_and_train_the_same(
+    tiny_defender_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRL runs the processor on every copy of a prompt; the rollout processes each distinct
+    prompt once (`processing_distinct_examples_once`) and the run trains exactly as without."""
+    import aot.defender.dynamic_sampling as dynamic_sampling
+
+    records, _ = _records(6)
+    colours = list(COLORS)[: len(records)]
+    images = {
+        k: Image.new("RGB", (56, 56), c) for k, c in zip(records["image"], colours, strict=True)
+    }
+    config = _config(num_generations=4, groups_per_step=3, max_steps=2, dynamic_sampling=False)
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    processor_class = type(defender.processor)
+    texts: list[int] = []
+    original = processor_class.__call__
+
+    def counting(self, images=None, text=None, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        texts.append(len(text))
+        return original(self, images=images, text=text, **kwargs)
+
+    monkeypatch.setattr(processor_class, "__call__", counting)
+    once, _ = train_defender_dapo(defender, records, images, config, tmp_path / "once")
+    assert type(once.processor) is processor_class
+    # two processor calls per rollout batch (prompts, then the scoring inputs), 3 prompts each
+    assert texts and set(texts) == {3}
+
+    def unchanged(processor):  # noqa: ANN001, ANN202
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(dynamic_sampling, "processing_distinct_examples_once", unchanged)
+    texts.clear()
+    defender = Defender.from_pretrained(tiny_defender_dir)
+    every, _ = train_defender_dapo(defender, records, images, config, tmp_path / "every")
+    assert set(texts) == {12}
+    first, second = _weights(once.model), _weights(every.model)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_step_metrics_keep_one_row_per_step_and_no_wall_clock() -> None:
     history = [
         {"step": 1, "loss": 0.5, "reward": 0.2, "step_time": 0.91},

@@ -51,6 +51,7 @@ from trl.trainer.utils import (
     unsplit_pixel_values_by_grid,
 )
 
+from aot.defender.distinct_examples import processing_distinct_examples_once
 from aot.defender.image_cache import reusing_images
 from aot.defender.shared_prefill import sharing_group_prefill
 
@@ -342,12 +343,15 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
         """TRL's rollout and scoring of one batch. It sees each prompt's image 2 x
         num_generations times: the processor makes its patches and the vision tower its
         features once while no gradient is recorded. The cache lives for this batch only, so
-        its memory is the batch's, and the weights cannot change while it lives. TRL also
-        generates from num_generations copies of each prompt: each is encoded once
-        (`aot.defender.shared_prefill.sharing_group_prefill`; the same completions)."""
+        its memory is the batch's, and the weights cannot change while it lives. The rest of
+        the processor's work runs once per distinct prompt
+        (`aot.defender.distinct_examples`). TRL also generates from num_generations copies of
+        each prompt: each is encoded once (`aot.defender.shared_prefill.sharing_group_prefill`;
+        the same completions)."""
         generator = self.accelerator.unwrap_model(self.model_wrapped)
         with (
             reusing_images(self.model, self.processing_class, {}),
+            processing_distinct_examples_once(self.processing_class),
             sharing_group_prefill(generator, self.num_generations),
         ):
             return super()._generate_and_score_completions(inputs)
