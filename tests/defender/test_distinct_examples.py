@@ -141,6 +141,8 @@ def test_example_images_reads_one_image_list_per_text() -> None:
     assert example_images([a], 2) is None  # not one entry per text
     assert example_images([[[a]]], 1) is None  # nested deeper than a list per text
     assert example_images(a, 1) is None
+    assert example_images([[a], None], 2) is None  # a text without an image
+    assert example_images([[a], []], 2) is None
 
 
 def test_unknown_outputs_fall_back_to_the_whole_call() -> None:

@@ -30,8 +30,10 @@ IMAGE_FIELDS = frozenset({"pixel_values", "image_grid_thw"})
 
 def example_images(images: Any, count: int) -> list[tuple[Any, ...]] | None:
     """Each text's images as a tuple, for a call with one image list (or one image) per text;
-    None for any other layout."""
+    None for any other layout, or when a text has no image (its entry None or empty)."""
     if not isinstance(images, (list, tuple)) or len(images) != count:
+        return None
+    if any(item is None or (isinstance(item, (list, tuple)) and not item) for item in images):
         return None
     rows = [tuple(item) if isinstance(item, (list, tuple)) else (item,) for item in images]
     if any(isinstance(image, (list, tuple)) for row in rows for image in row):
