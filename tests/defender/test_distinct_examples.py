@@ -45,9 +45,9 @@ def _counting(processor, monkeypatch) -> list[int]:  # noqa: ANN001
     texts: list[int] = []
     original = type(processor).__call__
 
-    def counting(self, images=None, text=None, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    def counting(self, images=None, text=None, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         texts.append(len(text) if isinstance(text, list) else 1)
-        return original(self, images=images, text=text, **kwargs)
+        return original(self, images, text, *args, **kwargs)
 
     monkeypatch.setattr(type(processor), "__call__", counting)
     return texts
@@ -116,7 +116,8 @@ def test_calls_it_cannot_split_go_through_unchanged(processor, monkeypatch) -> N
         processor(images=[[images[0]], [images[1]]], text=[text, text])  # distinct images
         processor(images=[images[0]], text=text)  # one text
         processor(text=[text.replace("<|image_pad|>", ""), "plain"])  # no images
-    assert texts_seen == [2, 1, 2]
+        processor([[images[0]], [images[0]]], [text, text], None)  # videos given by position
+    assert texts_seen == [2, 1, 2, 2]
 
 
 def test_the_processor_gets_its_class_back(processor, tmp_path: Path) -> None:  # noqa: ANN001

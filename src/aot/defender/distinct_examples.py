@@ -101,8 +101,12 @@ def call_per_distinct_example(
 
 @cache
 def _distinct_subclass(cls: type) -> type:
-    def __call__(self: Any, images: Any = None, text: Any = None, **kwargs: Any) -> BatchFeature:
+    def __call__(
+        self: Any, images: Any = None, text: Any = None, *args: Any, **kwargs: Any
+    ) -> BatchFeature:
         # cls.__call__ looked up per call, so a patch of the class's own is still honoured
+        if args:  # videos or audio given by position
+            return cls.__call__(self, images, text, *args, **kwargs)
         return call_per_distinct_example(cls.__call__, self, images=images, text=text, **kwargs)
 
     return type(cls.__name__, (cls,), {"__call__": __call__, "__module__": cls.__module__})
