@@ -3,8 +3,8 @@
 Run: `.venv/bin/python benchmarks/bench_overhead_width.py [--widths 1 2 4 8] [--steps 4]`.
 `bench_overhead.py` finds DAPO (`train_defender`) the node with the largest share of its time
 outside the models on the tiny default, almost all of it per-example work in TRL and
-transformers (chat templates, the processor, rollout bookkeeping, `generate`'s Python loop). That work does not depend on the
-model's size; the model's does. This benchmark measures both at several widths: the default
+transformers (chat templates, the processor, rollout bookkeeping, `generate`'s Python loop).
+That work does not depend on the model's size; the model's does. This benchmark measures both at several widths: the default
 `defender.tiny` with `hidden_size`, `intermediate_size` and `vision_hidden_size` multiplied by
 each factor (layers, heads and everything else as in conf/base), random weights, 168-px world
 scenes, and times

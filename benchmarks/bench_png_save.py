@@ -42,10 +42,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     bootstrap_project(ROOT)
     with KedroSession.create(project_path=ROOT, env="base") as session:
-        catalog = session.load_context().catalog
+        context = session.load_context()
         names = ["evaluation_suite_images", *(f"evaluation_attacked_images_{a}" for a in ATTACKERS)]
-        folders = {name: {k: load() for k, load in catalog.load(name).items()} for name in names}
-        save_args = catalog.get(names[0])._dataset_config.get("save_args", {})
+        folders = {
+            name: {k: load() for k, load in context.catalog.load(name).items()} for name in names
+        }
+        entry = context.config_loader["catalog"][names[0]]
+        save_args = entry.get("dataset", {}).get("save_args", {})
     count = sum(len(f) for f in folders.values())
     if count == 0:
         raise SystemExit("no images: run `dvc repro evaluation` first")

@@ -62,6 +62,16 @@ def _records(n: int) -> tuple[pd.DataFrame, dict[str, Image.Image]]:
     return pd.DataFrame(rows), {f"img{i}": BLANK for i in range(n)}
 
 
+def _coloured_records(n: int) -> tuple[pd.DataFrame, dict[str, Image.Image]]:
+    """`_records(n)` with a distinct plain colour per image, so no two groups look alike."""
+    records, _ = _records(n)
+    colours = list(COLORS)[:n]
+    images = {
+        k: Image.new("RGB", (56, 56), c) for k, c in zip(records["image"], colours, strict=True)
+    }
+    return records, images
+
+
 def _scripted(patterns: dict[str, list[float]], group_size: int):  # noqa: ANN202
     """A reward giving the k-th rollout of record r the reward patterns[r][k]."""
 
@@ -548,11 +558,7 @@ def test_rollouts_encode_each_prompt_once_and_train_the_same(
     import aot.defender.dynamic_sampling as dynamic_sampling
     import aot.defender.shared_prefill as shared_prefill
 
-    records, _ = _records(6)
-    colours = list(COLORS)[: len(records)]  # distinct images, so no two groups look alike
-    images = {
-        k: Image.new("RGB", (56, 56), c) for k, c in zip(records["image"], colours, strict=True)
-    }
+    records, images = _coloured_records(6)
     config = _config(num_generations=4, groups_per_step=3, max_steps=2, dynamic_sampling=False)
     groups: list[tuple[int, int]] = []
     original = shared_prefill.generate_with_shared_prefill
@@ -586,11 +592,7 @@ def test_rollouts_process_each_prompt_once_and_train_the_same(
     prompt once (`processing_distinct_examples_once`) and the run trains exactly as without."""
     import aot.defender.dynamic_sampling as dynamic_sampling
 
-    records, _ = _records(6)
-    colours = list(COLORS)[: len(records)]
-    images = {
-        k: Image.new("RGB", (56, 56), c) for k, c in zip(records["image"], colours, strict=True)
-    }
+    records, images = _coloured_records(6)
     config = _config(num_generations=4, groups_per_step=3, max_steps=2, dynamic_sampling=False)
     defender = Defender.from_pretrained(tiny_defender_dir)
     processor_class = type(defender.processor)

@@ -45,7 +45,7 @@ def _counting(processor, monkeypatch) -> list[int]:  # noqa: ANN001
     texts: list[int] = []
     original = type(processor).__call__
 
-    def counting(self, images=None, text=None, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def counting(self, images=None, text=None, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202, E501
         texts.append(len(text) if isinstance(text, list) else 1)
         return original(self, images, text, *args, **kwargs)
 

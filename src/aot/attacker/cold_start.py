@@ -165,9 +165,9 @@ def train_cold_start(
     state_path: Path | None = None,
 ) -> tuple[BoxEditPipeline, pd.DataFrame]:
     """Train ``pipe.unet`` in place; returns the pipeline holding the EMA weights and a per-step
-    log (step, loss; no wall clock, so a rerun writes the same log). Deterministic on CPU for a fixed seed and
-    thread count. ``on_checkpoint(seconds, step, pipe)`` sees the EMA weights each time the
-    training clock passes one of ``checkpoints_s``; its own time is not counted. Pass
+    log (step, loss; no wall clock, so a rerun writes the same log). Deterministic on CPU for a
+    fixed seed and thread count. ``on_checkpoint(seconds, step, pipe)`` sees the EMA weights
+    each time the training clock passes one of ``checkpoints_s``; its own time is not counted. Pass
     ``procedural_pairs`` to reuse pairs already made (then ``n_procedural_pairs`` is ignored).
     With ``state_path`` the full training state is saved there every ``SAVE_EVERY_S`` seconds
     of training and at the end, and a run finding the file resumes from it (same seed and

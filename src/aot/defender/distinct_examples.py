@@ -77,12 +77,14 @@ def call_per_distinct_example(
     keys = [
         (t, tuple(id(image) for image in row)) for t, row in zip(texts, per_example, strict=True)
     ]
-    position: dict[tuple, int] = {}
+    rank: dict[tuple, int] = {}  # each distinct example's row in the call on distinct ones
+    first: list[int] = []  # where each distinct example first appears
     for index, key in enumerate(keys):
-        position.setdefault(key, index)
-    if len(position) == len(keys):
+        if key not in rank:
+            rank[key] = len(first)
+            first.append(index)
+    if len(first) == len(keys):
         return call(processor, images=images, text=text, **kwargs)
-    first = list(position.values())
     out = call(
         processor,
         images=[list(per_example[i]) for i in first],
@@ -92,7 +94,6 @@ def call_per_distinct_example(
     tensors = all(isinstance(out.get(k), torch.Tensor) for k in IMAGE_FIELDS)
     if not tensors or not set(out.keys()) <= TEXT_FIELDS | IMAGE_FIELDS:
         return call(processor, images=images, text=text, **kwargs)
-    rank = {key: r for r, key in enumerate(position)}
     order = [rank[key] for key in keys]
     data = {k: _take(v, order) for k, v in out.items() if k in TEXT_FIELDS}
     data.update(_image_rows(out, [len(per_example[i]) for i in first], order))
