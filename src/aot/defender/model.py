@@ -21,11 +21,13 @@ from aot.defender.shared_prefill import (
     generate_greedy_and_sampled,
     generate_with_shared_prefill,
 )
+from aot.defender.token_cache import LimitedCache, cached_tokenization
 from aot.defender.vision_attention import batch_vision_attention
 
 logger = logging.getLogger(__name__)
 
-# Upper bound on the prompts whose chat text a Defender keeps (each a few hundred bytes).
+# Upper bound on the prompts whose chat text, and on the texts whose token ids, a Defender keeps
+# (each a few hundred bytes; a few KB for ids).
 CHAT_TEXTS_KEPT = 100_000
 
 
@@ -71,6 +73,7 @@ class Defender:
         self.processor = processor
         self._image_cache: MutableMapping[Any, Any] | None = None
         self._chat_texts: dict[str, str] = {}
+        self._encodings = LimitedCache(CHAT_TEXTS_KEPT)
         # Batched generation with a decoder-only LM needs left padding.
         self.processor.tokenizer.padding_side = "left"
 
@@ -195,8 +198,12 @@ class Defender:
             # The processor runs on the whole batch, uncached: its images are nearly always
             # distinct (the n samples come from num_return_sequences), and one call on 16 is
             # cheaper than 16 on one. Features are still keyed by the patches they come from.
+            # Its texts were nearly all tokenized before: a few hundred questions, one image size.
             features = self._image_cache if self._image_cache is not None else {}
-            with cached_image_features(self.model, features):
+            with (
+                cached_image_features(self.model, features),
+                cached_tokenization(self.processor.tokenizer, self._encodings),
+            ):
                 batch_images = [im.convert("RGB") for im in images[start:end]]
                 texts = [self.chat_text(p) for p in prompts[start:end]]
                 inputs = self.processor(
@@ -260,16 +267,19 @@ class Defender:
                 )
             ]
             # Completion tokens: the difference in length, so a merge across the boundary counts.
-            lengths = [
-                len(tokenizer(t)["input_ids"]) - len(tokenizer(p)["input_ids"])
-                for t, p in zip(texts, prefixes, strict=True)
-            ]
-            empty = [start + row for row, n in enumerate(lengths) if n < 1]
-            if empty:
-                raise ValueError(f"completion_probability: empty completion at {empty[0]}")
-            inputs = self.processor(
-                images=batch_images, text=texts, padding=True, return_tensors="pt"
-            ).to(self.device)
+            # Batched and cached: the prompts and the answers are few, their pairs too.
+            with cached_tokenization(tokenizer, self._encodings):
+                full = tokenizer(texts)["input_ids"]
+                lengths = [
+                    len(ids) - len(prefix)
+                    for ids, prefix in zip(full, tokenizer(prefixes)["input_ids"], strict=True)
+                ]
+                empty = [start + row for row, n in enumerate(lengths) if n < 1]
+                if empty:
+                    raise ValueError(f"completion_probability: empty completion at {empty[0]}")
+                inputs = self.processor(
+                    images=batch_images, text=texts, padding=True, return_tensors="pt"
+                ).to(self.device)
             logits = self.model(**inputs).logits.float()
             log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
             targets = inputs["input_ids"][:, 1:]
