@@ -107,13 +107,15 @@ def test_calls_it_does_not_reproduce_go_to_the_tokenizer(
     texts = _texts(processor, PROMPTS)
     truncated = tokenizer(texts, padding=True, truncation=True, max_length=12)
     single = tokenizer(texts[0])
+    pairs = tokenizer(texts, texts, padding=True)
     calls = _counting(tokenizer, monkeypatch)
     cache: dict = {}
     with cached_tokenization(tokenizer, cache):
         assert _same(tokenizer(texts, padding=True, truncation=True, max_length=12), truncated)
         assert _same(tokenizer(texts[0]), single)
-    # the truncated call and the single text (not a batch) went to the tokenizer whole
-    assert calls == [texts, [texts[0]]] and not cache
+        assert _same(tokenizer(texts, texts, padding=True), pairs)
+    # the truncated call, the single text (not a batch) and the pairs went to the tokenizer whole
+    assert calls == [texts, [texts[0]], texts] and not cache
 
 
 def test_edits_to_returned_rows_leave_the_cache_alone(processor) -> None:

@@ -41,7 +41,9 @@ FIELDS = ("input_ids", "attention_mask")
 
 def cacheable(tokenizer: Any, args: tuple, kwargs: dict[str, Any]) -> bool:
     """Whether a call ``tokenizer(*args, **kwargs)`` is a batch of texts this cache serves."""
-    texts = args[0] if len(args) == 1 else kwargs.get("text") if not args else None
+    if len(args) > 1:  # a text pair, or other options by position
+        return False
+    texts = args[0] if args else kwargs.get("text")
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         return False
     options = {k: v for k, v in kwargs.items() if k != "text"}
