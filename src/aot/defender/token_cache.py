@@ -49,9 +49,8 @@ def cacheable(tokenizer: Any, args: tuple, kwargs: dict[str, Any]) -> bool:
     options = {k: v for k, v in kwargs.items() if k != "text"}
     if any(k not in ALLOWED or v not in ALLOWED[k] for k, v in options.items()):
         return False
-    if not options.get(
-        "padding"
-    ):  # rows of different lengths make no tensor: the tokenizer's error
+    if not options.get("padding"):
+        # unpadded rows of different lengths make no tensor: left to the tokenizer's error
         return options.get("return_tensors") is None
     return tokenizer.pad_token_id is not None
 
