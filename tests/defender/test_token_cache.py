@@ -14,7 +14,7 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from aot.defender import Defender
-from aot.defender.token_cache import LimitedCache, cached_tokenization, pad_rows
+from aot.defender.token_cache import LimitedCache, cached_tokenization
 
 PROMPTS = ["How many red discs are there?", "Is there a ring?", "Which shape is left of the star?"]
 
@@ -89,17 +89,6 @@ def test_outputs_equal_the_tokenizers_own_with_each_text_encoded_once(
     assert set(cache) == {short, middle, long_}
 
 
-def test_left_padding_is_the_pad_id_and_a_zero_mask() -> None:
-    rows = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1]}]
-    rows.append({"input_ids": [8], "attention_mask": [1]})
-    assert pad_rows(rows, 0, "left") == {
-        "input_ids": [[5, 6, 7], [0, 0, 8]],
-        "attention_mask": [[1, 1, 1], [0, 0, 1]],
-    }
-    assert pad_rows(rows, 9, "right")["input_ids"] == [[5, 6, 7], [8, 9, 9]]
-    assert rows[1]["input_ids"] == [8]  # the cached rows are left as they were
-
-
 def test_calls_it_does_not_reproduce_go_to_the_tokenizer(
     processor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,14 +107,16 @@ def test_calls_it_does_not_reproduce_go_to_the_tokenizer(
     assert calls == [texts, [texts[0]], texts] and not cache
 
 
-def test_edits_to_returned_rows_leave_the_cache_alone(processor) -> None:
+@pytest.mark.parametrize("kwargs", [{}, {"padding": True}], ids=["unpadded", "padded lists"])
+def test_edits_to_returned_rows_leave_the_cache_alone(processor, kwargs: dict) -> None:
     tokenizer = processor.tokenizer
     texts = _texts(processor, PROMPTS[:1])
     with cached_tokenization(tokenizer, {}):
-        first = tokenizer(texts)
+        first = tokenizer(texts, **kwargs)  # one text: a padded row needs no padding
         first["input_ids"][0].append(-1)
-        assert tokenizer(texts)["input_ids"] == tokenizer(texts)["input_ids"]
-        assert -1 not in tokenizer(texts)["input_ids"][0]
+        first["attention_mask"][0].append(-1)
+        again = tokenizer(texts, **kwargs)
+        assert -1 not in again["input_ids"][0] and -1 not in again["attention_mask"][0]
 
 
 def test_the_tokenizer_gets_its_class_back_even_on_an_exception(processor) -> None:
