@@ -83,6 +83,7 @@ FUNCTIONS: list[tuple[str, str]] = [
     ("transformers.models.qwen2_vl.image_processing_qwen2_vl", "Qwen2VLImageProcessor.preprocess"),
     ("transformers.generation.utils", "GenerationMixin.generate"),
     ("transformers.models.qwen2_5_vl.modeling_qwen2_5_vl", "Qwen2_5_VLModel.get_rope_index"),
+    ("aot.defender.rope_cache", "rope_index_by_layout"),
     ("trl.trainer.grpo_trainer", "GRPOTrainer._generate_and_score_completions"),
     ("trl.trainer.grpo_trainer", "GRPOTrainer._tokenize_prompts"),
     ("trl.trainer.grpo_trainer", "GRPOTrainer._get_per_token_logps_and_entropies"),

@@ -52,7 +52,8 @@ from trl.trainer.utils import (
 )
 
 from aot.defender.distinct_examples import processing_distinct_examples_once
-from aot.defender.image_cache import reusing_images
+from aot.defender.image_cache import BoundedCache, reusing_images
+from aot.defender.rope_cache import ROPE_CACHE_BYTES, cached_rope_index
 from aot.defender.shared_prefill import sharing_group_prefill
 
 logger = logging.getLogger(__name__)
@@ -269,6 +270,8 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
         self._last_rewards_per_func: torch.Tensor | None = None
         self._short_steps = 0  # steps trained on fewer groups than groups_per_step
         self._skipped_steps = 0  # steps without any informative group: no update
+        # rope positions by row layout, for the whole run: they do not depend on the weights
+        self._rope_rows = BoundedCache(ROPE_CACHE_BYTES)
         processes = self.accelerator.num_processes
         expected = groups_per_step * self.num_generations * processes
         if self.args.generation_batch_size != expected:
@@ -506,10 +509,11 @@ class DynamicSamplingGRPOTrainer(GRPOTrainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: ANN001
         model.train()
-        prepared = self._prepare_inputs(inputs)
-        if SKIP_KEY in prepared:
-            # No backward at all: every gradient stays None, so the optimizer leaves every
-            # weight (and its moments) alone; the step still counts.
-            self._step += 1
-            return torch.zeros((), device=self.accelerator.device)
-        return super().training_step(model, _Prepared(prepared), num_items_in_batch)
+        with cached_rope_index(self.model, self._rope_rows):  # rollouts and loss
+            prepared = self._prepare_inputs(inputs)
+            if SKIP_KEY in prepared:
+                # No backward at all: every gradient stays None, so the optimizer leaves every
+                # weight (and its moments) alone; the step still counts.
+                self._step += 1
+                return torch.zeros((), device=self.accelerator.device)
+            return super().training_step(model, _Prepared(prepared), num_items_in_batch)

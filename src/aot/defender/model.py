@@ -15,7 +15,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from aot.defender.image_cache import cached_image_features
+from aot.defender.image_cache import BoundedCache, cached_image_features
+from aot.defender.rope_cache import ROPE_CACHE_BYTES, cached_rope_index
 from aot.defender.shared_prefill import (
     can_share_prefill,
     generate_greedy_and_sampled,
@@ -74,6 +75,7 @@ class Defender:
         self._image_cache: MutableMapping[Any, Any] | None = None
         self._chat_texts: dict[str, str] = {}
         self._encodings = LimitedCache(CHAT_TEXTS_KEPT)
+        self._rope_rows = BoundedCache(ROPE_CACHE_BYTES)
         # Batched generation with a decoder-only LM needs left padding.
         self.processor.tokenizer.padding_side = "left"
 
@@ -198,11 +200,13 @@ class Defender:
             # The processor runs on the whole batch, uncached: its images are nearly always
             # distinct (the n samples come from num_return_sequences), and one call on 16 is
             # cheaper than 16 on one. Features are still keyed by the patches they come from.
-            # Its texts were nearly all tokenized before: a few hundred questions, one image size.
+            # Its texts were nearly all tokenized before, and their rows' layouts (the rope
+            # positions) seen before: a few hundred questions, one image size.
             features = self._image_cache if self._image_cache is not None else {}
             with (
                 cached_image_features(self.model, features),
                 cached_tokenization(self.processor.tokenizer, self._encodings),
+                cached_rope_index(self.model, self._rope_rows),
             ):
                 batch_images = [im.convert("RGB") for im in images[start:end]]
                 texts = [self.chat_text(p) for p in prompts[start:end]]
@@ -280,7 +284,8 @@ class Defender:
                 inputs = self.processor(
                     images=batch_images, text=texts, padding=True, return_tensors="pt"
                 ).to(self.device)
-            logits = self.model(**inputs).logits.float()
+            with cached_rope_index(self.model, self._rope_rows):
+                logits = self.model(**inputs).logits.float()
             log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
             targets = inputs["input_ids"][:, 1:]
             token_lp = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

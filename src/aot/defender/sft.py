@@ -38,6 +38,7 @@ from aot.defender.dense import (
 )
 from aot.defender.image_cache import BoundedCache, cached_image_features
 from aot.defender.model import Defender, user_content
+from aot.defender.rope_cache import ROPE_CACHE_BYTES, cached_rope_index
 from aot.defender.sft_processes import in_distributed_run, train_in_processes
 from aot.defender.spare_cores import SpareCoreThreads
 
@@ -566,6 +567,8 @@ def train_defender_on_table(
     )
     start = time.perf_counter()
     with ExitStack() as stack:
+        # rope positions by row layout, for the whole run: they do not depend on the weights
+        stack.enter_context(cached_rope_index(trainer.model, BoundedCache(ROPE_CACHE_BYTES)))
         if config.freeze_vision and config.feature_cache_mb:
             cache = BoundedCache(config.feature_cache_mb * 2**20)
             stack.enter_context(cached_image_features(trainer.model, cache, trainer._tap.capture))
