@@ -107,7 +107,10 @@ def test_calls_it_does_not_serve_go_to_the_model(
                 image_grid_thw=batch["image_grid_thw"][:0],
                 attention_mask=batch["attention_mask"],
             )
-    assert rows == [2, 2] and not cache  # both whole batches went to the model
+        empty = {k: v[:0] for k, v in batch.items() if k != "pixel_values"}
+        positions, deltas = _rope(owner, empty)
+        assert positions.shape == (3, 0, batch["input_ids"].shape[1]) and deltas.shape[0] == 0
+    assert rows == [2, 2, 0] and not cache  # all three whole batches went to the model
 
 
 def test_image_runs_counts_maximal_runs_of_image_tokens() -> None:

@@ -69,6 +69,7 @@ def rope_index_by_layout(
         or image_grid_thw is None
         or video_grid_thw is not None
         or input_ids.ndim != 2
+        or input_ids.shape[0] == 0
     ):
         return original(model, **args)
     types = mm_token_type_ids.cpu().numpy()
