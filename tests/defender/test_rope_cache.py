@@ -120,7 +120,7 @@ def test_image_runs_counts_maximal_runs_of_image_tokens() -> None:
     assert image_runs(np.array([0, 1, 1, 1])) == 1
 
 
-def test_the_model_gets_its_class_back_even_on_an_exception(defender: Defender) -> None:
+def test_the_model_is_restored_even_on_an_exception(defender: Defender) -> None:
     owner = rope_owner(defender.model)
     own = type(owner)
     batch = _batch(defender, PROMPTS[:1], [56])
@@ -131,6 +131,7 @@ def test_the_model_gets_its_class_back_even_on_an_exception(defender: Defender) 
         assert len(inner) == 1 and not outer  # the inner block's cache served its call
         raise RuntimeError("boom")
     assert type(owner) is own and "_aot_rope_cache" not in vars(owner)
+    assert "get_rope_index" not in vars(owner)  # the instance's patch removed
     pickle.dumps(defender.model)  # pickles as before
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -112,40 +111,33 @@ def rope_index_by_layout(
     return position_ids, torch.tensor(deltas, device=input_ids.device).unsqueeze(1)
 
 
-@cache
-def _cached_subclass(cls: type) -> type:
-    def get_rope_index(
-        self: Any, input_ids: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if args:  # more by position: left to the original
-            return cls.get_rope_index(self, input_ids, *args, **kwargs)
-        cache_ = self.__dict__["_aot_rope_cache"]
-        return rope_index_by_layout(cls.get_rope_index, self, cache_, input_ids, **kwargs)
-
-    return type(
-        cls.__name__, (cls,), {"get_rope_index": get_rope_index, "__module__": cls.__module__}
-    )
-
-
 @contextmanager
 def cached_rope_index(model: Any, cache_: MutableMapping[tuple, Any]) -> Iterator[None]:
     """Within the block, the rope positions of ``model`` (a Qwen2.5-VL, under a peft wrapper
-    too) come from ``cache_`` for row layouts seen before. The module gets a subclass for the
-    block and its own class back on exit (it saves and pickles as before). Blocks nest: an inner
-    block's cache serves its calls. A model without Qwen2.5-VL's rope is left alone."""
+    too) come from ``cache_`` for row layouts seen before. The method is patched on the module
+    instance (the model calls it as ``self.get_rope_index``, as `cached_image_features` relies on
+    for ``get_image_features``) and removed on exit, so the model saves and pickles as before.
+    Blocks nest: an inner block's cache serves its calls. A model without Qwen2.5-VL's rope is
+    left alone."""
     owner = rope_owner(model)
     if owner is None:
         yield
         return
-    original, previous = type(owner), owner.__dict__.get("_aot_rope_cache")
-    if previous is None:
-        owner.__class__ = _cached_subclass(original)
-    owner.__dict__["_aot_rope_cache"] = cache_
+    outer = owner.__dict__.get("get_rope_index")  # an enclosing block's patch, if any
+
+    def get_rope_index(
+        input_ids: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        own = type(owner).get_rope_index  # the model's own, looked up per call
+        if args:  # more by position: left to the original
+            return own(owner, input_ids, *args, **kwargs)
+        return rope_index_by_layout(own, owner, cache_, input_ids, **kwargs)
+
+    owner.get_rope_index = get_rope_index
     try:
         yield
     finally:
-        if previous is None:
-            del owner.__dict__["_aot_rope_cache"]
-            owner.__class__ = original
+        if outer is None:
+            del owner.get_rope_index
         else:
-            owner.__dict__["_aot_rope_cache"] = previous
+            owner.get_rope_index = outer
