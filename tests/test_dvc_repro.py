@@ -1,6 +1,6 @@
-"""`dvc repro` on a temporary copy of the project (smoke env): every stage runs; a forced rerun
-of one round leaves git's tree clean; then a second `dvc repro`, and `make run` (which goes
-through DVC for the default env), find nothing to do."""
+"""`dvc repro` on a temporary copy of the project (smoke env): every stage runs, calling no
+project file its deps miss; a forced rerun of one round leaves git's tree clean; then a second
+`dvc repro`, and `make run` (which goes through DVC for the default env), find nothing to do."""
 
 from __future__ import annotations
 
@@ -11,14 +11,72 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+CALL_TRACE = ROOT / "tests" / "scripts" / "call_trace"
+
+# What every `kedro run` calls, whatever it runs, and that cannot change what a stage writes:
+# the registry builds every pipeline (so other pipelines' wiring and the round schedule run
+# too), and parameters and tables are checked, which can only stop a run.
+EVERY_RUN = {
+    "src/aot/pipeline_registry.py",
+    "src/aot/pipelines/selfplay/schedule.py",
+    "src/aot/validation.py",
+    "src/aot/config.py",
+}
 
 
-def _run(cwd: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
+def _run(
+    cwd: Path, *args: str, timeout: int = 1200, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        **(env or {}),
+    }
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _stage_commands(repo: Path) -> dict[str, tuple[str, list[str]]]:
+    """Each stage's `kedro` arguments and code deps, `foreach` stages expanded per round."""
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    rounds = yaml.safe_load((repo / "conf" / "base" / "selfplay_schedule.yml").read_text())
+    out = {}
+    for name, stage in spec.items():
+        keys = (
+            [(f"{name}@{k}", k) for k in rounds["rounds"]] if "foreach" in stage else [(name, "")]
+        )
+        body = stage.get("do", stage)
+        for stage_name, key in keys:
+            words = body["cmd"].replace("${key}", key).split()
+            args = " ".join(words[words.index("kedro") + 1 :])
+            deps = [d.replace("${key}", key) for d in body["deps"] if d.startswith("src/")]
+            out[args] = (stage_name, deps)
+    return out
+
+
+def _uncovered_calls(repo: Path, traces: Path) -> dict[str, list[str]]:
+    """Per stage, the project files whose functions it called (`call_trace/sitecustomize.py`)
+    that none of its deps covers, allowing `EVERY_RUN` and other pipelines' `pipeline.py`."""
+    stages = _stage_commands(repo)
+    missing: dict[str, set[str]] = {}
+    seen = set()
+    for trace in traces.glob("*.txt"):
+        for line in trace.read_text().splitlines():
+            args, path, _function = line.split("\t")
+            stage, deps = stages[args]
+            seen.add(stage)
+            file = Path(path).relative_to(repo).as_posix()
+            own = f"src/aot/pipelines/{args.split('--pipelines ')[1].split()[0]}/pipeline.py"
+            if file in EVERY_RUN or (file.endswith("/pipeline.py") and file != own):
+                continue
+            if not any(file == d or file.startswith(d.rstrip("/") + "/") for d in deps):
+                missing.setdefault(stage, set()).add(file)
+    assert seen == {name for name, _ in stages.values()}, f"stages traced: {sorted(seen)}"
+    return {stage: sorted(files) for stage, files in missing.items()}
 
 
 def _smoke_copy(tmp: Path) -> Path:
@@ -51,9 +109,20 @@ def test_dvc_repro_runs_every_stage_then_does_nothing(tmp_path: Path) -> None:
     repo = _smoke_copy(tmp_path)
     for args in (("git", "init", "-q"), (str(BIN / "dvc"), "init", "-q")):
         assert _run(repo, *args).returncode == 0
-    first = _run(repo, str(BIN / "dvc"), "repro")
+    traces = tmp_path / "calls"
+    traces.mkdir()
+    tracing = {
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(CALL_TRACE), os.environ.get("PYTHONPATH")])
+        ),
+        "AOT_TRACE_CALLS": str(traces),
+        "AOT_TRACE_ROOT": str(repo / "src" / "aot") + os.sep,
+    }
+    first = _run(repo, str(BIN / "dvc"), "repro", env=tracing)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert (repo / "data" / "smoke" / "08_reporting" / "evaluation" / "metrics.json").exists()
+    # a stage that calls code its deps miss would be skipped, stale, after that code changes
+    assert _uncovered_calls(repo, traces) == {}
     second = _run(repo, str(BIN / "dvc"), "repro")
     assert second.returncode == 0, second.stderr[-2000:]
     assert "Running stage" not in second.stdout, second.stdout[-2000:]

@@ -174,3 +174,25 @@ def test_detector_finds_painted_objects_and_nothing_on_backgrounds() -> None:
     left[:, :56] = True
     assert all(d.box[2] <= 56 for d in detect_objects(image, left))
     assert scene.objects == ()
+
+
+def test_local_ssim_of_equal_crops_is_scikit_images_exact_one() -> None:
+    """The shortcut for equal crops returns what scikit-image computes for them, bit for bit,
+    on every window size `local_ssim` picks; unequal crops still go through scikit-image."""
+    from skimage.metrics import structural_similarity
+
+    from aot.bootstrap.checks import local_ssim
+
+    rng = np.random.default_rng(0)
+    for h, w in [(3, 3), (4, 9), (6, 5), (7, 7), (12, 30), (41, 17)]:
+        a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        win = min(7, min(h, w) if min(h, w) % 2 else min(h, w) - 1)
+        full = structural_similarity(a, a.copy(), win_size=win, channel_axis=-1, data_range=255)
+        assert full == 1.0 and local_ssim(a, a.copy()) == 1.0
+        b = a.copy()
+        b[h // 2, w // 2] = 255 - b[h // 2, w // 2]
+        want = structural_similarity(a, b, win_size=win, channel_axis=-1, data_range=255)
+        assert local_ssim(a, b) == float(want) < 1.0
+    tiny = rng.integers(0, 256, (2, 5, 3), dtype=np.uint8)
+    assert local_ssim(tiny, tiny.copy()) == 1.0
+    assert local_ssim(tiny, 255 - tiny) == 0.0

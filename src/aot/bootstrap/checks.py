@@ -59,12 +59,19 @@ def _boxes(record: Mapping[str, Any]) -> list[tuple[int, int, int, int]]:
 
 
 def local_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """SSIM of two RGB crops with a window that fits small boxes (exact match below 3 px)."""
+    """SSIM of two RGB crops with a window that fits small boxes (exact match below 3 px).
+
+    Equal crops score 1.0 without the windowed filters: scikit-image's value is then exactly
+    1.0 as well (each window's numerator and denominator are the same floats), and nearly
+    every target box an edit is scored on is untouched (0.003 against 0.3 ms a crop).
+    """
     from skimage.metrics import structural_similarity
 
     side = min(a.shape[0], a.shape[1])
+    if np.array_equal(a, b):
+        return 1.0
     if side < 3:
-        return 1.0 if np.array_equal(a, b) else 0.0
+        return 0.0
     win = min(7, side if side % 2 else side - 1)
     return float(structural_similarity(a, b, win_size=win, channel_axis=-1, data_range=255))
 
