@@ -236,6 +236,58 @@ def test_every_image_folder_is_saved_whole() -> None:
     assert not plain, plain
 
 
+def _stage_slice(cmd: str):  # noqa: ANN202
+    """The part of the registered pipeline that a stage's `kedro run` command runs."""
+    words = cmd.split()
+    args = words[words.index("kedro") + 2 :]
+    opts = {args[k]: args[k + 1] for k in range(len(args) - 1) if args[k].startswith("--")}
+    pipeline = register_pipelines()[opts["--pipelines"]]
+    if "--tags" in opts:
+        pipeline = pipeline.only_nodes_with_tags(*opts["--tags"].split(","))
+    if "--namespaces" in opts:
+        pipeline = pipeline.only_nodes_with_namespaces(opts["--namespaces"].split(","))
+    if "--nodes" in opts:
+        pipeline = pipeline.only_nodes(*opts["--nodes"].split(","))
+    return pipeline
+
+
+def _has_key(tree: object, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
+
+
+def test_every_dvc_stage_tracks_the_parameters_and_data_its_nodes_read() -> None:
+    """A parameter or dataset a stage's nodes read but its `params` or `deps` miss would leave
+    the stage cached, and stale, when only that input changes."""
+    root = Path(__file__).resolve().parents[1]
+    paths = _catalog_paths(root)
+    for name, stage in _dvc_stages(root).items():
+        pipeline = _stage_slice(stage["cmd"])
+        assert pipeline.nodes, f"{name}: its command runs no node"
+        inputs = pipeline.inputs()
+        assert "parameters" not in inputs, f"{name}: a node reads every parameter"
+        listed = [
+            (key, yaml.safe_load((root / file).read_text()))
+            for entry in stage.get("params", [])
+            for file, keys in entry.items()
+            for key in keys
+        ]
+        for param in sorted(i.removeprefix("params:") for i in inputs if i.startswith("params:")):
+            assert any(
+                (param == key or param.startswith(key + ".")) and _has_key(conf, param)
+                for key, conf in listed
+            ), f"{name}: reads params:{param}, which dvc.yaml's params for it do not track"
+        deps = stage.get("deps", [])
+        for dataset in sorted(i for i in inputs if not i.startswith("params:")):
+            path = paths.get(dataset)
+            assert path and any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps), (
+                f"{name}: reads {dataset} ({path}), which is not among its deps"
+            )
+
+
 def test_dvc_stages_run_the_registered_pipelines_in_order() -> None:
     root = Path(__file__).resolve().parents[1]
     stages = _dvc_stages(root)
