@@ -288,6 +288,25 @@ def test_every_dvc_stage_tracks_the_parameters_and_data_its_nodes_read() -> None
             )
 
 
+def test_every_dvc_stage_tracks_what_its_nodes_write() -> None:
+    """Each dataset the nodes of a stage's kedro command save lies under that stage's own outs,
+    metrics or plots (not merely some stage's), so DVC caches and restores it with the stage."""
+    root = Path(__file__).resolve().parents[1]
+    paths = _catalog_paths(root)
+    for name, stage in _dvc_stages(root).items():
+        tracked = [
+            entry if isinstance(entry, str) else next(iter(entry))
+            for key in ("outs", "metrics", "plots")
+            for entry in stage.get(key, [])
+        ]
+        written = {out for node in _stage_slice(stage["cmd"]).nodes for out in node.outputs}
+        for dataset in sorted(written & set(paths)):
+            path = paths[dataset]
+            assert any(path == t or path.startswith(t.rstrip("/") + "/") for t in tracked), (
+                f"{name}: writes {dataset} ({path}), which is not among its outs"
+            )
+
+
 def test_dvc_stages_run_the_registered_pipelines_in_order() -> None:
     root = Path(__file__).resolve().parents[1]
     stages = _dvc_stages(root)
