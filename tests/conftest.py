@@ -21,6 +21,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,3 +135,27 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("AOT_TEST_ARTIFACTS", PROJECT_ROOT / "build" / "test-artifacts"))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _dvc_stages(root: Path) -> dict[str, dict]:
+    """dvc.yaml's stages with `foreach` expanded the way DVC does (`name@key`)."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    schedule = yaml.safe_load((root / "conf" / "base" / "selfplay_schedule.yml").read_text())
+    out: dict[str, dict] = {}
+    for name, stage in stages.items():
+        if "foreach" not in stage:
+            out[name] = stage
+            continue
+        assert stage["foreach"] == "${rounds}"
+        for key, item in schedule["rounds"].items():
+            text = yaml.safe_dump(stage["do"]).replace("${key}", key)
+            for field, value in item.items():
+                text = text.replace("${item." + field + "}", value)
+            out[f"{name}@{key}"] = yaml.safe_load(text)
+    return out
+
+
+@pytest.fixture(scope="session")
+def dvc_stages():  # noqa: ANN201
+    """``dvc_stages(root)``: the stages of ``root/dvc.yaml``, `foreach` expanded per round."""
+    return _dvc_stages

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,34 +39,26 @@ def _run(
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def _stage_commands(repo: Path) -> dict[str, tuple[str, list[str]]]:
-    """Each stage's `kedro` arguments and code deps, `foreach` stages expanded per round."""
-    spec = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    rounds = yaml.safe_load((repo / "conf" / "base" / "selfplay_schedule.yml").read_text())
+def _stage_commands(stages: dict[str, dict]) -> dict[str, tuple[str, list[str]]]:
+    """Each stage's name and code deps, by the arguments of its `kedro` command."""
     out = {}
-    for name, stage in spec.items():
-        keys = (
-            [(f"{name}@{k}", k) for k in rounds["rounds"]] if "foreach" in stage else [(name, "")]
-        )
-        body = stage.get("do", stage)
-        for stage_name, key in keys:
-            words = body["cmd"].replace("${key}", key).split()
-            args = " ".join(words[words.index("kedro") + 1 :])
-            deps = [d.replace("${key}", key) for d in body["deps"] if d.startswith("src/")]
-            out[args] = (stage_name, deps)
+    for name, stage in stages.items():
+        words = stage["cmd"].split()
+        args = " ".join(words[words.index("kedro") + 1 :])
+        out[args] = (name, [d for d in stage["deps"] if d.startswith("src/")])
     return out
 
 
-def _uncovered_calls(repo: Path, traces: Path) -> dict[str, list[str]]:
+def _uncovered_calls(repo: Path, stages: dict[str, dict], traces: Path) -> dict[str, list[str]]:
     """Per stage, the project files whose functions it called (`call_trace/sitecustomize.py`)
     that none of its deps covers, allowing `EVERY_RUN` and other pipelines' `pipeline.py`."""
-    stages = _stage_commands(repo)
+    commands = _stage_commands(stages)
     missing: dict[str, set[str]] = {}
     seen = set()
     for trace in traces.glob("*.txt"):
         for line in trace.read_text().splitlines():
             args, path, _function = line.split("\t")
-            stage, deps = stages[args]
+            stage, deps = commands[args]
             seen.add(stage)
             file = Path(path).relative_to(repo).as_posix()
             own = f"src/aot/pipelines/{args.split('--pipelines ')[1].split()[0]}/pipeline.py"
@@ -75,7 +66,7 @@ def _uncovered_calls(repo: Path, traces: Path) -> dict[str, list[str]]:
                 continue
             if not any(file == d or file.startswith(d.rstrip("/") + "/") for d in deps):
                 missing.setdefault(stage, set()).add(file)
-    assert seen == {name for name, _ in stages.values()}, f"stages traced: {sorted(seen)}"
+    assert seen == set(stages), f"stages traced: {sorted(seen)}"
     return {stage: sorted(files) for stage, files in missing.items()}
 
 
@@ -105,7 +96,7 @@ def _smoke_copy(tmp: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_every_stage_then_does_nothing(tmp_path: Path) -> None:
+def test_dvc_repro_runs_every_stage_then_does_nothing(tmp_path: Path, dvc_stages) -> None:  # noqa: ANN001
     repo = _smoke_copy(tmp_path)
     for args in (("git", "init", "-q"), (str(BIN / "dvc"), "init", "-q")):
         assert _run(repo, *args).returncode == 0
@@ -122,7 +113,7 @@ def test_dvc_repro_runs_every_stage_then_does_nothing(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert (repo / "data" / "smoke" / "08_reporting" / "evaluation" / "metrics.json").exists()
     # a stage that calls code its deps miss would be skipped, stale, after that code changes
-    assert _uncovered_calls(repo, traces) == {}
+    assert _uncovered_calls(repo, dvc_stages(repo), traces) == {}
     second = _run(repo, str(BIN / "dvc"), "repro")
     assert second.returncode == 0, second.stderr[-2000:]
     assert "Running stage" not in second.stdout, second.stdout[-2000:]

@@ -191,36 +191,21 @@ def _catalog_paths(project: Path, data_root: str = "data") -> dict[str, str]:
     return out
 
 
-def _dvc_stages(root: Path) -> dict[str, dict]:
-    """dvc.yaml's stages with `foreach` expanded the way DVC does (`name@key`)."""
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    schedule = yaml.safe_load((root / "conf" / "base" / "selfplay_schedule.yml").read_text())
-    out: dict[str, dict] = {}
-    for name, stage in stages.items():
-        if "foreach" not in stage:
-            out[name] = stage
-            continue
-        assert stage["foreach"] == "${rounds}"
-        for key, item in schedule["rounds"].items():
-            text = yaml.safe_dump(stage["do"]).replace("${key}", key)
-            for field, value in item.items():
-                text = text.replace("${item." + field + "}", value)
-            out[f"{name}@{key}"] = yaml.safe_load(text)
-    return out
+def _under(path: str, folders: list[str]) -> bool:
+    """Whether ``path`` is one of ``folders`` (DVC paths) or lies inside one."""
+    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
 
 
-def test_every_persisted_dataset_is_tracked_by_a_dvc_stage() -> None:
+def test_every_persisted_dataset_is_tracked_by_a_dvc_stage(dvc_stages) -> None:  # noqa: ANN001
     root = Path(__file__).resolve().parents[1]
-    stages = _dvc_stages(root)
+    stages = dvc_stages(root)
     tracked: list[str] = []
     for stage in stages.values():
         for key in ("outs", "metrics", "plots"):
             for entry in stage.get(key, []):
                 tracked.append(entry if isinstance(entry, str) else next(iter(entry)))
     for name, path in _catalog_paths(root).items():
-        assert any(path == t or path.startswith(t.rstrip("/") + "/") for t in tracked), (
-            f"{name} ({path}) is in no DVC stage"
-        )
+        assert _under(path, tracked), f"{name} ({path}) is in no DVC stage"
 
 
 def test_every_image_folder_is_saved_whole() -> None:
@@ -236,12 +221,12 @@ def test_every_image_folder_is_saved_whole() -> None:
     assert not plain, plain
 
 
-def _stage_slice(cmd: str):  # noqa: ANN202
-    """The part of the registered pipeline that a stage's `kedro run` command runs."""
+def _stage_slice(cmd: str, pipelines: dict):  # noqa: ANN202
+    """The part of the registered ``pipelines`` that a stage's `kedro run` command runs."""
     words = cmd.split()
     args = words[words.index("kedro") + 2 :]
     opts = {args[k]: args[k + 1] for k in range(len(args) - 1) if args[k].startswith("--")}
-    pipeline = register_pipelines()[opts["--pipelines"]]
+    pipeline = pipelines[opts["--pipelines"]]
     if "--tags" in opts:
         pipeline = pipeline.only_nodes_with_tags(*opts["--tags"].split(","))
     if "--namespaces" in opts:
@@ -259,13 +244,13 @@ def _has_key(tree: object, dotted: str) -> bool:
     return True
 
 
-def test_every_dvc_stage_tracks_the_parameters_and_data_its_nodes_read() -> None:
+def test_every_dvc_stage_tracks_the_parameters_and_data_its_nodes_read(dvc_stages) -> None:  # noqa: ANN001
     """A parameter or dataset a stage's nodes read but its `params` or `deps` miss would leave
     the stage cached, and stale, when only that input changes."""
     root = Path(__file__).resolve().parents[1]
-    paths = _catalog_paths(root)
-    for name, stage in _dvc_stages(root).items():
-        pipeline = _stage_slice(stage["cmd"])
+    paths, pipelines = _catalog_paths(root), register_pipelines()
+    for name, stage in dvc_stages(root).items():
+        pipeline = _stage_slice(stage["cmd"], pipelines)
         assert pipeline.nodes, f"{name}: its command runs no node"
         inputs = pipeline.inputs()
         assert "parameters" not in inputs, f"{name}: a node reads every parameter"
@@ -283,33 +268,34 @@ def test_every_dvc_stage_tracks_the_parameters_and_data_its_nodes_read() -> None
         deps = stage.get("deps", [])
         for dataset in sorted(i for i in inputs if not i.startswith("params:")):
             path = paths.get(dataset)
-            assert path and any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps), (
+            assert path and _under(path, deps), (
                 f"{name}: reads {dataset} ({path}), which is not among its deps"
             )
 
 
-def test_every_dvc_stage_tracks_what_its_nodes_write() -> None:
+def test_every_dvc_stage_tracks_what_its_nodes_write(dvc_stages) -> None:  # noqa: ANN001
     """Each dataset the nodes of a stage's kedro command save lies under that stage's own outs,
     metrics or plots (not merely some stage's), so DVC caches and restores it with the stage."""
     root = Path(__file__).resolve().parents[1]
-    paths = _catalog_paths(root)
-    for name, stage in _dvc_stages(root).items():
+    paths, pipelines = _catalog_paths(root), register_pipelines()
+    for name, stage in dvc_stages(root).items():
         tracked = [
             entry if isinstance(entry, str) else next(iter(entry))
             for key in ("outs", "metrics", "plots")
             for entry in stage.get(key, [])
         ]
-        written = {out for node in _stage_slice(stage["cmd"]).nodes for out in node.outputs}
+        slice_ = _stage_slice(stage["cmd"], pipelines)
+        written = {out for node in slice_.nodes for out in node.outputs}
         for dataset in sorted(written & set(paths)):
             path = paths[dataset]
-            assert any(path == t or path.startswith(t.rstrip("/") + "/") for t in tracked), (
+            assert _under(path, tracked), (
                 f"{name}: writes {dataset} ({path}), which is not among its outs"
             )
 
 
-def test_dvc_stages_run_the_registered_pipelines_in_order() -> None:
+def test_dvc_stages_run_the_registered_pipelines_in_order(dvc_stages) -> None:  # noqa: ANN001
     root = Path(__file__).resolve().parents[1]
-    stages = _dvc_stages(root)
+    stages = dvc_stages(root)
     for name, stage in stages.items():
         pipeline = stage["cmd"].split("--pipelines ")[1].split()[0]
         if "@" in name:
