@@ -102,11 +102,30 @@ def test_paper_env_answers_with_letters_and_lets_the_defender_judge_edits(
 
 def test_a_pipeline_run_before_its_inputs_exist_names_what_to_run(project_copy: Path) -> None:
     result = _kedro(project_copy, "run", "--env", "smoke", "--pipelines", "evaluation")
-    assert result.returncode != 0
+    assert result.returncode == 1
     output = result.stdout + result.stderr
+    assert "Error: Pipeline ['evaluation'] cannot start" in output
     assert "kedro run --pipelines bootstrap_dataset" in output
     assert "kedro run --pipelines sft" in output
     assert "Loading" not in output  # it stopped before any model work
+    assert "Traceback" not in output  # the message alone, not Kedro's, click's and pluggy's frames
+
+
+def test_bad_parameters_on_the_command_line_are_listed_alone(project_copy: Path) -> None:
+    overrides = "selfplay.attacker.steps=-3,selfplay.attacker.lr=abc,selfplay.defender.max_steps=0"
+    result = _kedro(
+        project_copy, "run", "--env", "smoke", "--pipelines", "selfplay", "--params", overrides
+    )
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "Error: 3 invalid parameter(s); nothing was run:" in output
+    for line in (
+        "--params: selfplay.attacker.steps must be an integer in [1, inf], got -3",
+        "--params: selfplay.attacker.lr must be a number > 0, got 'abc'",
+        "--params: selfplay.defender.max_steps must be",
+    ):
+        assert line in output
+    assert "Traceback" not in output and "Loading" not in output
 
 
 @pytest.mark.slow

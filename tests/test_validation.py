@@ -220,7 +220,8 @@ def test_an_environment_override_is_traced_to_its_own_file(tmp_path: Path) -> No
     _edit(root, "conf/base/parameters_sft.yml", "learning_rate: 0.0005", "learning_rate: -1")
     errors = _errors(root, "smoke")
     assert errors == [
-        "conf/smoke/parameters.yml: sft.trainer.max_steps must be a positive integer, got 0"
+        "conf/smoke/parameters.yml: sft.trainer.max_steps must be a positive integer, got 0",
+        "conf/base/parameters_sft.yml: sft.trainer.learning_rate must be positive, got -1",
     ]
     _edit(root, "conf/smoke/parameters.yml", "trainer: {max_steps: 0,", "trainer: {max_steps: 20,")
     assert _errors(root, "smoke") == [
@@ -251,6 +252,32 @@ def test_every_problem_is_reported_in_one_error() -> None:
         "conf/base/parameters_evaluation.yml: evaluation.protocols must be a non-empty list of ['greedy', 'strict']"
         in text
     )
+
+
+def test_every_bad_field_of_one_typed_section_is_reported() -> None:
+    """A typed config stops at its first bad field; the check builds it again without each
+    field it named, so all of a section's problems come at once, and none made up by the
+    defaults that take the left-out values' places."""
+    params, sources = load_parameters(PROJECT_ROOT, "base")
+    attacker = params["selfplay"]["attacker"]
+    attacker.update(steps=-3, lr="abc", group_size=0)
+    attacker["reward"]["k"] = 0
+    errors = validate_parameters(params, sections=["selfplay.attacker"], sources=sources)
+    keys = sorted(re.search(r"(selfplay\.attacker\.[\w.]+) must", e).group(1) for e in errors)
+    assert keys == [
+        "selfplay.attacker.group_size",
+        "selfplay.attacker.lr",
+        "selfplay.attacker.reward.k",
+        "selfplay.attacker.steps",
+    ]
+    assert all(e.startswith("conf/base/parameters_selfplay.yml: ") for e in errors)
+    attacker.update(steps=36, lr=1e-4, group_size=4)
+    attacker["reward"]["k"] = 3
+    assert validate_parameters(params, sections=["selfplay.attacker"]) == []
+    # an unknown key names no field: it is reported alone, as before
+    attacker.update(stepz=3, lr=-1.0)
+    errors = validate_parameters(params, sections=["selfplay.attacker"])
+    assert len(errors) == 1 and "stepz" in errors[0]
 
 
 def test_only_the_sections_a_pipeline_reads_are_checked() -> None:

@@ -8,15 +8,39 @@ import random
 from pathlib import Path
 from typing import Any
 
+import click
 from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline
 
+from aot.validation import ParameterError
+
 logger = logging.getLogger(__name__)
 
 
-class MissingUpstreamError(RuntimeError):
+class RunRefused(click.ClickException):
+    """A check that stops a run before any work. Kedro's CLI runs under click, which prints a
+    ``ClickException`` as ``Error: <message>`` and exits with 1; any other exception comes out
+    as a traceback through Kedro, click and pluggy (about 170 lines) above the message."""
+
+    def __init__(self, message: str) -> None:
+        click.ClickException.__init__(self, message)
+
+
+class MissingUpstreamError(RuntimeError, RunRefused):
     """A pipeline was asked to run before the pipeline that produces its inputs."""
+
+    def __init__(self, message: str) -> None:
+        RunRefused.__init__(self, message)  # RuntimeError's own would leave click's message unset
+
+
+class RefusedParameters(ParameterError, RunRefused):
+    """The `ParameterError` the validation hook raises: the same type for callers, the list
+    of problems alone on the command line."""
+
+    def __init__(self, errors: list[str]) -> None:
+        ParameterError.__init__(self, errors)
+        RunRefused.__init__(self, str(self.args[0]))
 
 
 class ParameterValidationHook:
@@ -43,7 +67,6 @@ class ParameterValidationHook:
         from kedro.framework.project import settings
 
         from aot.validation import (
-            ParameterError,
             ParameterSources,
             catalog_path_errors,
             sections_of,
@@ -72,7 +95,7 @@ class ParameterValidationHook:
         )
         errors += catalog_path_errors(_catalog_paths(pipeline, catalog), root)
         if errors:
-            raise ParameterError(errors)
+            raise RefusedParameters(errors)
 
 
 def _catalog_paths(pipeline: Pipeline, catalog: DataCatalog) -> dict[str, str]:

@@ -384,14 +384,35 @@ def _issue_from(key: str, message: str, owners: Mapping[str, str]) -> Issue:
 
 
 def _typed(
-    key: str, build: Callable[[], object], owners: Mapping[str, str] | None = None
+    key: str,
+    build: Callable[[dict[str, Any]], object],
+    given: Mapping[str, Any] | None,
+    owners: Mapping[str, str] | None = None,
 ) -> list[Issue]:
-    try:
-        build()
-    except (ValueError, TypeError, KeyError) as err:
-        text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-        return [_issue_from(key, text, owners or {})]
-    return []
+    """Builds a typed config from ``given`` (the section's mapping) and returns its problems.
+
+    A config stops at its first bad field, so each field an error names is left out (it takes
+    its default) and the config is built again, until it builds or an error names no field of
+    ``given`` (unknown keys, a rule across fields): every field's problem is listed at once.
+    """
+    rest = dict(given or {})
+    issues: list[Issue] = []
+    while True:
+        try:
+            build(dict(rest))
+            return issues
+        except (ValueError, TypeError, KeyError) as err:
+            text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+            issue = _issue_from(key, text, owners or {})
+        field = issue.key.removeprefix(f"{key}.").split(".")[0] if issue.key != key else None
+        if issues and field not in rest:
+            # after a field was left out, only a problem of a field still given is reported: any
+            # other may come from the default that took the left-out value's place
+            return issues
+        issues.append(issue)
+        if field not in rest:
+            return issues
+        del rest[field]
 
 
 # ----------------------------------------------------------------------------- the sections
@@ -485,7 +506,7 @@ def _check_world(key: str, value: Any, ctx: _Context) -> list[Issue]:
 
     if _mapping_issue(key, value):
         return _mapping_issue(key, value)
-    return _typed(key, lambda: WorldConfig.from_dict(dict(value)), {"WorldConfig": key})
+    return _typed(key, WorldConfig.from_dict, value, {"WorldConfig": key})
 
 
 def _check_splits(key: str, value: Any, ctx: _Context) -> list[Issue]:
@@ -495,7 +516,7 @@ def _check_splits(key: str, value: Any, ctx: _Context) -> list[Issue]:
 
     if _mapping_issue(key, value):
         return _mapping_issue(key, value)
-    return _typed(key, lambda: _split_names(1, dict(value), np.random.default_rng(0)))
+    return _typed(key, lambda v: _split_names(1, v, np.random.default_rng(0)), value)
 
 
 def _check_questions(key: str, value: Any, ctx: _Context) -> list[Issue]:
@@ -506,7 +527,7 @@ def _check_questions(key: str, value: Any, ctx: _Context) -> list[Issue]:
     world = WorldConfig.from_dict(ctx.world())
     vocabulary = {"colors": list(world.colors), "shapes": list(world.shapes)}
     return _typed(
-        key, lambda: QuestionConfig.from_dict({**vocabulary, **value}), {"QuestionConfig": key}
+        key, lambda v: QuestionConfig.from_dict({**vocabulary, **v}), value, {"QuestionConfig": key}
     )
 
 
@@ -531,7 +552,7 @@ def _check_filler(key: str, value: Any, ctx: _Context) -> list[Issue]:
             Issue(f"{key}.kind", f"{key}.kind must be one of {list(FILLER_KINDS)}, got {kind!r}")
         ]
     if kind == "procedural":
-        return _typed(key, lambda: make_filler({"world": ctx.world(), **value}))
+        return _typed(key, lambda v: make_filler({"world": ctx.world(), **v}), value)
     # diffusers: the pipeline is only loaded by the node; here its folder and arguments.
     accepted = set(inspect.signature(DiffusersFiller.__init__).parameters) - {"self"}
     issues = [
@@ -557,7 +578,7 @@ def _check_checks(key: str, value: Any, ctx: _Context) -> list[Issue]:
 
     if value is not None and _mapping_issue(key, value):
         return _mapping_issue(key, value)
-    return _typed(key, lambda: CheckConfig.from_dict(value), {"CheckConfig": key})
+    return _typed(key, CheckConfig.from_dict, value, {"CheckConfig": key})
 
 
 def _check_extension(key: str, value: Any, ctx: _Context) -> list[Issue]:
@@ -610,7 +631,7 @@ def _sft_trainer(key: str, value: Any, ctx: _Context) -> list[Issue]:
 
     if value is not None and _mapping_issue(key, value):
         return _mapping_issue(key, value)
-    issues = _typed(key, lambda: DefenderSFTConfig.from_dict(value, prefix=key))
+    issues = _typed(key, lambda v: DefenderSFTConfig.from_dict(v, prefix=key), value)
     if issues or not value or not value.get("grounding_weight"):
         return issues
     # the grounding head reads one of the LM's layers: a tiny Defender's count is known here
@@ -674,7 +695,7 @@ def _check_defender(key: str, value: Any, ctx: _Context) -> list[Issue]:
     def tiny(k: str, v: Any, c: _Context) -> list[Issue]:
         if v is not None and _mapping_issue(k, v):
             return _mapping_issue(k, v)
-        return _typed(k, lambda: TinyDefenderConfig.from_dict(v))
+        return _typed(k, TinyDefenderConfig.from_dict, v)
 
     def path(k: str, v: Any, c: _Context) -> list[Issue]:
         if value.get("source", "tiny") != "pretrained":
@@ -716,13 +737,13 @@ def _check_attacker(key: str, value: Any, ctx: _Context) -> list[Issue]:
     def model(k: str, v: Any, c: _Context) -> list[Issue]:
         if v is not None and _mapping_issue(k, v):
             return _mapping_issue(k, v)
-        return _typed(k, lambda: AttackerConfig.from_dict(v), {"AttackerConfig": k})
+        return _typed(k, AttackerConfig.from_dict, v, {"AttackerConfig": k})
 
     def cold_start(k: str, v: Any, c: _Context) -> list[Issue]:
         if v is not None and _mapping_issue(k, v):
             return _mapping_issue(k, v)
-        build = lambda: ColdStartConfig.from_dict({"seed": c.seed(), **(v or {})})  # noqa: E731
-        return _typed(k, build, {"ColdStartConfig": k})
+        build = lambda given: ColdStartConfig.from_dict({"seed": c.seed(), **given})  # noqa: E731
+        return _typed(k, build, v, {"ColdStartConfig": k})
 
     def evaluation(k: str, v: Any, c: _Context) -> list[Issue]:
         rules = {
@@ -747,8 +768,8 @@ def _attack_reward(key: str, value: Any, k: Any) -> list[Issue]:
     if value is not None and _mapping_issue(key, value):
         return _mapping_issue(key, value)
     k = k if _is_int(k) and k > 0 else 1
-    build = lambda: AttackRewardConfig.from_dict({**(value or {}), "k": k, "graded": True})  # noqa: E731
-    return _typed(key, build, {"AttackRewardConfig": key})
+    build = lambda v: AttackRewardConfig.from_dict({**v, "k": k, "graded": True})  # noqa: E731
+    return _typed(key, build, value, {"AttackRewardConfig": key})
 
 
 def _sampling(key: str, value: Mapping[str, Any]) -> list[Issue]:
@@ -756,7 +777,7 @@ def _sampling(key: str, value: Mapping[str, Any]) -> list[Issue]:
     from aot.attacker.flow_grpo_config import FlowGRPOConfig
 
     given = {n: value[n] for n in ("sampling_steps", "noise_level") if n in value}
-    return _typed(key, lambda: FlowGRPOConfig(**given), {"FlowGRPOConfig": key})
+    return _typed(key, lambda v: FlowGRPOConfig(**v), given, {"FlowGRPOConfig": key})
 
 
 def _check_selfplay(key: str, value: Any, ctx: _Context) -> list[Issue]:
@@ -782,7 +803,7 @@ def _check_selfplay_attacker(key: str, value: Any, ctx: _Context) -> list[Issue]
         "AttackRewardConfig": f"{key}.reward",
         "PlannerConfig": f"{key}.planner",
     }
-    return _typed(key, lambda: FlowGRPOConfig.from_dict(flow), owners)
+    return _typed(key, FlowGRPOConfig.from_dict, flow, owners)
 
 
 def _check_selfplay_curriculum(key: str, value: Any, ctx: _Context) -> list[Issue]:
@@ -790,7 +811,7 @@ def _check_selfplay_curriculum(key: str, value: Any, ctx: _Context) -> list[Issu
 
     if _mapping_issue(key, value):
         return _mapping_issue(key, value)
-    issues = _typed(key, lambda: CurriculumConfig.from_dict(value))
+    issues = _typed(key, CurriculumConfig.from_dict, value)
     if "reward" in value:
         issues += _attack_reward(f"{key}.reward", value["reward"], value.get("k", 3))
     return issues
@@ -802,7 +823,7 @@ def _check_selfplay_defender(key: str, value: Any, ctx: _Context) -> list[Issue]
     if _mapping_issue(key, value):
         return _mapping_issue(key, value)
     dapo = {k: v for k, v in value.items() if k != "checkpoint_root"}
-    return _typed(key, lambda: DefenderDAPOConfig.from_dict(dapo, prefix=key))
+    return _typed(key, lambda v: DefenderDAPOConfig.from_dict(v, prefix=key), dapo)
 
 
 def _check_selfplay_evaluation(key: str, value: Any, ctx: _Context) -> list[Issue]:
