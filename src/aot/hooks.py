@@ -13,7 +13,14 @@ from kedro.framework.hooks import hook_impl
 from kedro.io import DataCatalog
 from kedro.pipeline import Pipeline
 
-from aot.validation import ParameterError
+from aot.validation import (
+    ParameterError,
+    ParameterSources,
+    catalog_path_errors,
+    check_record_table,
+    sections_of,
+    validate_parameters,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -23,15 +30,9 @@ class RunRefused(click.ClickException):
     ``ClickException`` as ``Error: <message>`` and exits with 1; any other exception comes out
     as a traceback through Kedro, click and pluggy (about 170 lines) above the message."""
 
-    def __init__(self, message: str) -> None:
-        click.ClickException.__init__(self, message)
 
-
-class MissingUpstreamError(RuntimeError, RunRefused):
+class MissingUpstreamError(RunRefused, RuntimeError):
     """A pipeline was asked to run before the pipeline that produces its inputs."""
-
-    def __init__(self, message: str) -> None:
-        RunRefused.__init__(self, message)  # RuntimeError's own would leave click's message unset
 
 
 class RefusedParameters(ParameterError, RunRefused):
@@ -65,13 +66,6 @@ class ParameterValidationHook:
         self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
     ) -> None:
         from kedro.framework.project import settings
-
-        from aot.validation import (
-            ParameterSources,
-            catalog_path_errors,
-            sections_of,
-            validate_parameters,
-        )
 
         root = Path(run_params.get("project_path") or Path.cwd())
         loader_args = getattr(settings, "CONFIG_LOADER_ARGS", {}) or {}
@@ -127,8 +121,6 @@ class RecordValidationHook:
     def before_node_run(
         self, node: Any, catalog: DataCatalog, inputs: dict[str, Any], run_id: str | None = None
     ) -> None:
-        from aot.validation import check_record_table
-
         for name, images_name in RECORD_TABLES.items():
             if name not in inputs or (str(run_id), name) in self._checked:
                 continue

@@ -405,13 +405,11 @@ def _typed(
             text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
             issue = _issue_from(key, text, owners or {})
         field = issue.key.removeprefix(f"{key}.").split(".")[0] if issue.key != key else None
-        if issues and field not in rest:
-            # after a field was left out, only a problem of a field still given is reported: any
-            # other may come from the default that took the left-out value's place
-            return issues
-        issues.append(issue)
         if field not in rest:
-            return issues
+            # after a field was left out, a problem of no field still given may come from the
+            # default that took the left-out value's place: only the first error is sure
+            return issues or [issue]
+        issues.append(issue)
         del rest[field]
 
 
